@@ -1,0 +1,464 @@
+"""Batched beam search and greedy decoding with an incremental decoder cache.
+
+The search semantics follow fairseq's SequenceGenerator (Ott et al., 2019, "fairseq: A
+Fast, Extensible Toolkit for Sequence Modeling", arXiv 1904.01038), reimplemented with
+dense tensors instead of per-sentence Python bookkeeping:
+score(hyp) = sum_t lprob(y_t) / len(hyp) ** lenpen, with len counting the final </s>.
+
+Model protocol (what ``nmt_sd/models/transformer.py`` provides)::
+
+    enc = model.encoder(src_tokens, src_lengths)  # EncoderOut(out, padding_mask)
+    enc = model.reorder_encoder_out(enc, new_order)  # index_select on dim 0
+    cache = model.decoder.init_cache()  # has .reorder(new_order), in place
+    logits, extra = model.decoder(prev_output_tokens, enc, cache=cache)
+    model.max_decoder_positions()  # int
+
+prev_output_tokens (N, t) is the full prefix, starting with </s>. With a cache only the
+last position is computed: logits (N, 1, V); extra["attn"] is None or (N, 1, S).
+
+Both searches are vectorised over batch * beam; the only Python loop is over time steps.
+Sentences that are done leave the active batch (the cache and encoder output are
+reordered to drop them), so the cost of a step falls as sentences finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nmt_sd.errors import NmtSdError
+
+Hypothesis = dict[str, Any]
+
+
+def special_ids(dictionary: Any) -> dict[str, int]:
+    """The ``eos``/``pad``/``unk`` keyword arguments of the searches."""
+    return {"eos": dictionary.eos(), "pad": dictionary.pad(), "unk": dictionary.unk()}
+
+
+def max_lengths(
+    model: nn.Module, src_lengths: Tensor, max_len_a: float, max_len_b: int
+) -> Tensor:
+    """Per-sentence number of tokens generated before </s> is forced.
+
+    fairseq uses the padded batch width as ``src_len``; we use each sentence's own
+    length so that a sentence decodes identically alone or in any batch.
+
+    Returns:
+        (B,) long: min(int(max_len_a * src_len + max_len_b), max_decoder_positions - 1).
+    """
+    limit = model.max_decoder_positions() - 1
+    lens = (float(max_len_a) * src_lengths.to(torch.float64) + max_len_b).long()
+    return lens.clamp(min=0, max=limit)
+
+
+@dataclass
+class _Finished:
+    """Finished hypotheses of every input sentence, stored densely.
+
+    K is the number of slots per sentence (beam size) and T the longest possible output.
+    """
+
+    tokens: Tensor  # (B, K, T) long, pad after </s>
+    pos_scores: Tensor  # (B, K, T) float32
+    scores: Tensor  # (B, K) float32, -inf for empty slots
+    lengths: Tensor  # (B, K) long, length including </s>
+    count: Tensor  # (B,) long, number of filled slots
+    attn: Tensor | None  # (B, K, T, S) float32, only when attention is requested
+
+    @classmethod
+    def empty(
+        cls,
+        bsz: int,
+        slots: int,
+        width: int,
+        src_len: int,
+        pad: int,
+        with_attn: bool,
+        device: torch.device,
+    ) -> _Finished:
+        attn = None
+        if with_attn:
+            attn = torch.zeros(bsz, slots, width, src_len, device=device)
+        return cls(
+            tokens=torch.full(
+                (bsz, slots, width), pad, dtype=torch.long, device=device
+            ),
+            pos_scores=torch.zeros(bsz, slots, width, device=device),
+            scores=torch.full((bsz, slots), -math.inf, device=device),
+            lengths=torch.zeros(bsz, slots, dtype=torch.long, device=device),
+            count=torch.zeros(bsz, dtype=torch.long, device=device),
+            attn=attn,
+        )
+
+
+@contextlib.contextmanager
+def _decoding_mode(model: nn.Module) -> Iterator[None]:
+    """eval() + inference_mode during a search; restores the training flag after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _decode_step(
+    model: nn.Module, prefix: Tensor, enc: Any, cache: Any, want_attn: bool
+) -> tuple[Tensor, Tensor | None]:
+    """One incremental decoder call.
+
+    Returns:
+        lprobs (N, V) float32, and attn (N, S) float32 or None.
+    """
+    logits, extra = model.decoder(prefix, enc, cache=cache)
+    lprobs = torch.log_softmax(logits[:, -1, :].float(), dim=-1)  # (N, V)
+    attn = extra.get("attn") if (want_attn and extra) else None
+    if attn is not None:
+        attn = attn[:, -1, :].float()  # (N, S)
+    return lprobs, attn
+
+
+def _constrain(
+    lprobs: Tensor,
+    step: int,
+    row_max_len: Tensor,
+    *,
+    min_len: int,
+    unk_penalty: float,
+    eos: int,
+    pad: int,
+    unk: int,
+) -> Tensor:
+    """Apply the search constraints to lprobs (N, V) in place, as fairseq does.
+
+    No pad ever; unk_penalty subtracted from unk; no </s> while step < min_len; </s>
+    forced (with its own model log-prob) in rows whose max length row_max_len (N,) is
+    reached.
+    Forcing wins over min_len when the two conflict, so every sentence still ends.
+    """
+    eos_lprobs = lprobs[:, eos].clone()  # (N,) before min_len masks it
+    lprobs[:, pad] = -math.inf
+    lprobs[:, unk] -= unk_penalty
+    if step < min_len:
+        lprobs[:, eos] = -math.inf
+    forced = row_max_len <= step  # (N,)
+    if bool(forced.any()):
+        lprobs.masked_fill_(forced.unsqueeze(1), -math.inf)
+        lprobs[:, eos] = torch.where(forced, eos_lprobs, lprobs[:, eos])
+    return lprobs
+
+
+def _check_args(beam: int, nbest: int, src_tokens: Tensor, src_lengths: Tensor) -> None:
+    if beam < 1:
+        raise NmtSdError(f"--beam must be >= 1, got {beam}")
+    if not 1 <= nbest <= beam:
+        raise NmtSdError(f"--nbest must be between 1 and --beam ({beam}), got {nbest}")
+    if src_tokens.dim() != 2 or src_lengths.shape != src_tokens.shape[:1]:
+        raise ValueError(
+            f"expected src_tokens (B, S) and src_lengths (B,), got "
+            f"{tuple(src_tokens.shape)} and {tuple(src_lengths.shape)}"
+        )
+
+
+def _to_hypotheses(
+    fin: _Finished, nbest: int, src_lengths: Tensor
+) -> list[list[Hypothesis]]:
+    """Unpack the dense finished store into per-sentence lists sorted by score (desc).
+
+    ``attention`` is (S_i, L) like fairseq's (source positions x target positions) and
+    ``alignment`` (L,) is the most-attended source position of each target token.
+    """
+    # a stable sort keeps finalisation order among equal scores, like fairseq's sorted()
+    order = fin.scores.sort(dim=1, descending=True, stable=True).indices  # (B, K)
+    counts, lengths = fin.count.tolist(), fin.lengths.tolist()
+    results: list[list[Hypothesis]] = []
+    for b, slots in enumerate(order.tolist()):  # output formatting only, not decoding
+        hyps = []
+        for k in slots[: min(nbest, counts[b])]:
+            length = lengths[b][k]
+            hyp = {
+                "tokens": fin.tokens[b, k, :length].clone(),
+                "score": float(fin.scores[b, k]),
+                "positional_scores": fin.pos_scores[b, k, :length].clone(),
+            }
+            if fin.attn is not None:
+                attn = fin.attn[b, k, :length, : int(src_lengths[b])].t().contiguous()
+                hyp["attention"] = attn  # (S_i, L)
+                hyp["alignment"] = attn.argmax(dim=0)  # (L,)
+            hyps.append(hyp)
+        results.append(hyps)
+    return results
+
+
+def _finalize(
+    fin: _Finished,
+    state: dict[str, Tensor],
+    lprobs: Tensor,
+    step: int,
+    cands: tuple[Tensor, Tensor, Tensor, Tensor],
+    lenpen: float,
+    eos: int,
+) -> None:
+    """Store this step's </s> candidates in free slots of their sentence (vectorised).
+
+    Only </s> candidates among the top K (= beam) of the 2K count, as in fairseq. A
+    candidate is kept if its sentence still has a free slot after the better-ranked </s>
+    candidates of the same step have been stored.
+    """
+    slots = fin.tokens.size(1)
+    cand_rows, _, cand_scores, is_eos = (c[:, :slots] for c in cands)  # (B', K) each
+    sent = state["sent_ids"].unsqueeze(1).expand_as(is_eos)  # (B', K)
+    slot = fin.count[state["sent_ids"]].unsqueeze(1) + is_eos.long().cumsum(1) - 1
+    keep = is_eos & (slot < slots)  # (B', K)
+    if not bool(keep.any()):
+        return
+    b, k, rows = sent[keep], slot[keep], cand_rows[keep]  # (n,) each
+    fin.tokens[b, k, :step] = state["tokens"][rows, 1 : step + 1]
+    fin.tokens[b, k, step] = eos
+    fin.pos_scores[b, k, :step] = state["pos_scores"][rows, :step]
+    fin.pos_scores[b, k, step] = lprobs[rows, eos]
+    fin.scores[b, k] = cand_scores[keep] / (step + 1) ** lenpen
+    fin.lengths[b, k] = step + 1
+    if fin.attn is not None:
+        fin.attn[b, k, : step + 1] = state["attn"][rows, : step + 1]
+    fin.count.index_add_(0, state["sent_ids"], keep.long().sum(1))
+
+
+def _select_candidates(
+    lprobs: Tensor, cum_scores: Tensor, beam: int, eos: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Top 2*beam candidates over beam*V per sentence.
+
+    Args:
+        lprobs: (B'*K, V) constrained log-probs of the next token.
+        cum_scores: (B'*K,) summed log-probs of each live hypothesis.
+    Returns:
+        cand_rows (B', 2K) row of the parent hypothesis in the active batch,
+        cand_tokens (B', 2K), cand_scores (B', 2K) and is_eos (B', 2K) bool.
+    """
+    num_rows, vocab = lprobs.shape
+    bsz = num_rows // beam
+    flat = (cum_scores.unsqueeze(1) + lprobs).view(bsz, beam * vocab)
+    # 2K candidates: at most K of them end in </s>, so K live ones always remain
+    cand_scores, cand_idx = flat.topk(min(2 * beam, flat.size(1)), dim=1)
+    offsets = torch.arange(bsz, device=lprobs.device).unsqueeze(1) * beam
+    cand_rows = cand_idx // vocab + offsets
+    cand_tokens = cand_idx % vocab
+    is_eos = cand_tokens.eq(eos) & cand_scores.ne(-math.inf)
+    return cand_rows, cand_tokens, cand_scores, is_eos
+
+
+def _advance_beams(
+    state: dict[str, Tensor],
+    fin: _Finished,
+    lprobs: Tensor,
+    step: int,
+    cands: tuple[Tensor, Tensor, Tensor, Tensor],
+) -> Tensor | None:
+    """Keep the K best non-</s> candidates of unfinished sentences (state in place).
+
+    A sentence is done once it has K finished hypotheses (fairseq's stopping rule) or
+    has reached its max length.
+
+    Returns:
+        new_order (N',): the row of the old active batch each surviving row comes from
+        (to reorder the cache), or None if no sentence is left.
+    """
+    cand_rows, cand_tokens, cand_scores, is_eos = cands  # (B', 2K) each
+    beam, num_cands = fin.tokens.size(1), cand_rows.size(1)
+    # rank </s> candidates after all others, then keep the first K in candidate order
+    rank = is_eos.long() * num_cands + torch.arange(num_cands, device=lprobs.device)
+    pick = rank.topk(beam, dim=1, largest=False).indices  # (B', K)
+    at_max_len = state["max_len"].view(-1, beam)[:, 0].le(step)  # (B',)
+    alive = fin.count[state["sent_ids"]].lt(beam) & ~at_max_len  # (B',)
+    if not bool(alive.any()):
+        return None
+    pick = pick[alive]  # (B'', K)
+    new_order = cand_rows[alive].gather(1, pick).view(-1)  # (N',)
+    tokens = cand_tokens[alive].gather(1, pick).view(-1)  # (N',)
+    state["cum_scores"] = cand_scores[alive].gather(1, pick).view(-1)
+    state["sent_ids"] = state["sent_ids"][alive]
+    for key in ("tokens", "pos_scores", "max_len", "attn"):
+        if key in state:
+            state[key] = state[key].index_select(0, new_order)
+    state["tokens"][:, step + 1] = tokens
+    state["pos_scores"][:, step] = lprobs[new_order, tokens]
+    return new_order
+
+
+def _init_beam_state(
+    max_len: Tensor, beam: int, src_len: int, eos: int, pad: int, with_attn: bool
+) -> tuple[dict[str, Tensor], _Finished]:
+    """Active-batch tensors, one row per (sentence, beam) pair (N = B * K at first),
+    and the empty store of finished hypotheses.
+
+    Args:
+        max_len: (B,) per-sentence max length from ``max_lengths``.
+    """
+    bsz, device = max_len.size(0), max_len.device
+    width = int(max_len.max()) + 1  # generated tokens, including the final </s>
+    tokens = torch.full((bsz * beam, width + 1), pad, dtype=torch.long, device=device)
+    tokens[:, 0] = eos  # decoding starts from </s>, fairseq's convention
+    # the K beams start identical: only beam 0 may expand at step 0
+    cum_scores = torch.full((bsz, beam), -math.inf, device=device)
+    cum_scores[:, 0] = 0.0
+    state = {
+        "sent_ids": torch.arange(
+            bsz, device=device
+        ),  # (B',) input index of each sentence
+        "tokens": tokens,  # (N, width + 1) prefixes, </s> first
+        "cum_scores": cum_scores.view(-1),  # (N,)
+        "pos_scores": torch.zeros(bsz * beam, width, device=device),  # (N, width)
+        "max_len": max_len.repeat_interleave(beam),  # (N,)
+    }
+    if with_attn:
+        state["attn"] = torch.zeros(bsz * beam, width, src_len, device=device)
+    fin = _Finished.empty(bsz, beam, width, src_len, pad, with_attn, device)
+    return state, fin
+
+
+def _record_attn(
+    state: dict[str, Tensor], fin: _Finished, attn: Tensor | None, step: int
+) -> None:
+    """Keep this step's cross-attention (N, S); drop it all if the decoder has none."""
+    if "attn" in state and attn is None:
+        del state["attn"]
+        fin.attn = None
+    elif "attn" in state:
+        state["attn"][:, step] = attn
+
+
+def beam_search(
+    model: nn.Module,
+    src_tokens: Tensor,
+    src_lengths: Tensor,
+    *,
+    beam: int = 5,
+    max_len_a: float = 0.0,
+    max_len_b: int = 200,
+    min_len: int = 1,
+    lenpen: float = 1.0,
+    nbest: int = 1,
+    unk_penalty: float = 0.0,
+    eos: int = 2,
+    pad: int = 1,
+    unk: int = 3,
+    return_attn: bool = False,
+) -> list[list[Hypothesis]]:
+    """Batched beam search; each sentence gets what it would get decoded alone.
+
+    Args:
+        src_tokens: (B, S) long, right-padded with ``pad``. src_lengths: (B,) long.
+        beam, lenpen, nbest, min_len, unk_penalty: as fairseq's generate flags.
+        max_len_a, max_len_b: max output length a * src_len + b, per sentence.
+        return_attn: add ``attention`` (S_i, L) and ``alignment`` (L,) to each
+            hypothesis when the decoder returns cross-attention.
+    Returns:
+        For each sentence in input order, up to ``nbest`` hypotheses sorted by score
+        (desc): {"tokens": (L,) long ending in </s>, "score": float,
+        "positional_scores": (L,) float}. Fewer only if hypotheses score -inf.
+    """
+    _check_args(beam, nbest, src_tokens, src_lengths)
+    bsz, src_len = src_tokens.shape
+    max_len = max_lengths(model, src_lengths, max_len_a, max_len_b)  # (B,)
+    state, fin = _init_beam_state(max_len, beam, src_len, eos, pad, return_attn)
+    constraints = dict(
+        min_len=min_len, unk_penalty=unk_penalty, eos=eos, pad=pad, unk=unk
+    )
+    with _decoding_mode(model):
+        enc = model.encoder(src_tokens, src_lengths)
+        rows = torch.arange(bsz, device=src_tokens.device).repeat_interleave(beam)
+        enc = model.reorder_encoder_out(enc, rows)  # (B * K, S, C)
+        cache = model.decoder.init_cache()
+        for step in range(state["pos_scores"].size(1)):
+            prefix = state["tokens"][:, : step + 1]  # (N, step + 1)
+            lprobs, attn = _decode_step(model, prefix, enc, cache, return_attn)
+            _constrain(lprobs, step, state["max_len"], **constraints)
+            _record_attn(state, fin, attn, step)
+            cands = _select_candidates(lprobs, state["cum_scores"], beam, eos)
+            _finalize(fin, state, lprobs, step, cands, lenpen, eos)
+            new_order = _advance_beams(state, fin, lprobs, step, cands)
+            if new_order is None:
+                break
+            cache.reorder(new_order)
+            if new_order.numel() < lprobs.size(0):  # sentences left: shrink the batch
+                enc = model.reorder_encoder_out(enc, new_order)
+    return _to_hypotheses(fin, nbest, src_lengths)
+
+
+def greedy_search(
+    model: nn.Module,
+    src_tokens: Tensor,
+    src_lengths: Tensor,
+    *,
+    max_len_a: float = 0.0,
+    max_len_b: int = 200,
+    min_len: int = 1,
+    lenpen: float = 1.0,
+    unk_penalty: float = 0.0,
+    eos: int = 2,
+    pad: int = 1,
+    unk: int = 3,
+    return_attn: bool = False,
+) -> list[list[Hypothesis]]:
+    """Batched greedy (argmax) decoding, with the same constraints and output format as
+    ``beam_search`` at beam=1, nbest=1 (score = sum of positional scores / L ** lenpen).
+    """
+    _check_args(1, 1, src_tokens, src_lengths)
+    bsz, src_len = src_tokens.shape
+    device = src_tokens.device
+    max_len = max_lengths(model, src_lengths, max_len_a, max_len_b)  # (B,)
+    width = int(max_len.max()) + 1
+    fin = _Finished.empty(bsz, 1, width, src_len, pad, return_attn, device)
+    prefix = torch.full((bsz, width + 1), pad, dtype=torch.long, device=device)
+    prefix[:, 0] = eos  # (B', width + 1)
+    sent_ids = torch.arange(bsz, device=device)  # (B',) input index of active rows
+    constraints = dict(
+        min_len=min_len, unk_penalty=unk_penalty, eos=eos, pad=pad, unk=unk
+    )
+    with _decoding_mode(model):
+        enc = model.encoder(src_tokens, src_lengths)
+        cache = model.decoder.init_cache()
+        for step in range(width):
+            prefix_so_far = prefix[:, : step + 1]  # (B', step + 1)
+            lprobs, attn = _decode_step(model, prefix_so_far, enc, cache, return_attn)
+            _constrain(lprobs, step, max_len[sent_ids], **constraints)
+            tokens = lprobs.argmax(dim=-1)  # (B',)
+            # forced </s> even if the model gives it -inf
+            tokens.masked_fill_(max_len[sent_ids].le(step), eos)
+            fin.tokens[sent_ids, 0, step] = tokens
+            fin.pos_scores[sent_ids, 0, step] = lprobs.gather(1, tokens[:, None])[:, 0]
+            if fin.attn is not None and attn is None:  # the decoder gives no attention
+                fin.attn = None
+            elif fin.attn is not None:
+                fin.attn[sent_ids, 0, step] = attn
+            done = tokens.eq(eos)  # (B',)
+            fin.lengths[sent_ids[done], 0] = step + 1
+            alive = (~done).nonzero().squeeze(1)  # (B'',)
+            if alive.numel() == 0:
+                break
+            if alive.numel() < sent_ids.numel():  # sentences left: shrink the batch
+                cache.reorder(alive)
+                enc = model.reorder_encoder_out(enc, alive)
+                sent_ids, prefix = sent_ids[alive], prefix[alive]
+            prefix[:, step + 1] = tokens[alive]
+    _score_greedy(fin, lenpen)
+    return _to_hypotheses(fin, 1, src_lengths)
+
+
+def _score_greedy(fin: _Finished, lenpen: float) -> None:
+    """Fill the single slot's score: sum of positional scores / length ** lenpen."""
+    lengths = fin.lengths[:, 0]  # (B,)
+    width = fin.pos_scores.size(2)
+    valid = torch.arange(width, device=lengths.device) < lengths.unsqueeze(1)  # (B, W)
+    summed = fin.pos_scores[:, 0].masked_fill(~valid, 0.0).sum(dim=1)  # (B,)
+    fin.scores[:, 0] = summed / lengths.to(summed.dtype) ** lenpen
+    fin.count.fill_(1)

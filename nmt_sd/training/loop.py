@@ -1,0 +1,166 @@
+"""The training loop: epochs of updates, validation every epoch / N updates,
+checkpoints, patience, ETA. All decisions are functions of (epoch, num_updates), so a
+run resumed from ``checkpoint_last.pt`` continues exactly where it stopped."""
+import itertools
+import logging
+import math
+import time
+from typing import Dict, Optional
+
+from nmt_sd.training import distributed as dist_utils
+from nmt_sd.training.checkpoint import save_checkpoint
+from nmt_sd.training.trainer import sum_logs
+from nmt_sd.training.validate import valid_bleu, valid_loss
+
+logger = logging.getLogger("nmt_sd.train")
+
+
+class RunState:
+    """What a checkpoint must remember besides weights (kept in ``extra_state``)."""
+
+    def __init__(self):
+        self.best: Optional[float] = None
+        self.num_bad_validations = 0
+        self.train_wall = 0.0
+
+    def to_dict(self, epoch_itr) -> Dict:
+        return {"best": self.best, "num_bad_validations": self.num_bad_validations,
+                "train_wall": self.train_wall, "train_iterator": epoch_itr.state_dict()}
+
+    def load(self, d: Dict, epoch_itr) -> None:
+        self.best = d.get("best")
+        self.num_bad_validations = int(d.get("num_bad_validations", 0))
+        self.train_wall = float(d.get("train_wall", 0.0))
+        if "train_iterator" in d:
+            epoch_itr.load_state_dict(d["train_iterator"])
+            if epoch_itr.iterations_in_epoch >= len(epoch_itr):
+                epoch_itr.end_epoch()
+
+
+def is_better(args, a: float, b: Optional[float]) -> bool:
+    if b is None:
+        return True
+    return a > b if args.maximize_best_checkpoint_metric else a < b
+
+
+def train(args, trainer, epoch_itr, valid_itr, progress, state: RunState) -> None:
+    max_epoch = args.max_epoch or math.inf
+    max_update = args.max_update or math.inf
+    while epoch_itr.epoch <= max_epoch and trainer.num_updates < max_update:
+        if train_epoch(args, trainer, epoch_itr, valid_itr, progress, state):
+            break
+        epoch_itr.end_epoch()
+    logger.info(f"done training in {state.train_wall:.1f} seconds")
+
+
+def train_epoch(args, trainer, epoch_itr, valid_itr, progress, state: RunState) -> bool:
+    """Returns True when training should stop."""
+    epoch = epoch_itr.epoch
+    n_batches = len(epoch_itr)
+    total = math.ceil(n_batches / args.update_freq)
+    itr = epoch_itr.next_epoch_itr()
+    interval, epoch_logs = [], []
+    t_interval = time.time()
+    master = dist_utils.is_master()
+    prefix = f"epoch {epoch:03d}"
+    while True:
+        samples = list(itertools.islice(itr, args.update_freq))
+        if not samples:
+            break
+        t0 = time.time()
+        logs, gnorm = trainer.train_step(samples)
+        state.train_wall += time.time() - t0
+        interval += [dict(log, gnorm=gnorm) for log in logs[-1:]] + logs[:-1]
+        epoch_logs += logs
+        n = trainer.num_updates
+        step = math.ceil(epoch_itr.iterations_in_epoch / args.update_freq)
+        if n % args.log_interval == 0:
+            stats = interval_stats(trainer, interval, time.time() - t_interval, len(interval))
+            stats["eta_s"] = eta(args, state, trainer, epoch, step, total)
+            progress.update(prefix, stats, step, total, stats.pop("eta_s"))
+            interval, t_interval = [], time.time()
+        end_of_epoch = epoch_itr.iterations_in_epoch >= n_batches
+        if not end_of_epoch and validate_and_save(args, trainer, epoch_itr, valid_itr, progress, state, False):
+            return True
+    if epoch_logs:
+        stats = summarize(trainer, epoch_logs)
+        stats.update(num_updates=trainer.num_updates, lr=trainer.get_lr(), train_wall=round(state.train_wall, 1))
+        progress.log("train", f"epoch {epoch:03d} | train", dict(epoch=epoch, **stats))
+    return validate_and_save(args, trainer, epoch_itr, valid_itr, progress, state, True)
+
+
+def summarize(trainer, logs) -> Dict:
+    totals = sum_logs(logs)
+    keys = sorted(totals)
+    summed = dist_utils.all_reduce_sums([totals[k] for k in keys], trainer.device)
+    return trainer.criterion.reduce_metrics([dict(zip(keys, summed))])
+
+
+def interval_stats(trainer, logs, elapsed: float, nupd_logs: int) -> Dict:
+    gnorms = [float(log["gnorm"]) for log in logs if "gnorm" in log]
+    logs = [{k: v for k, v in log.items() if k != "gnorm"} for log in logs]
+    stats = summarize(trainer, logs)
+    n_upd = max(len(gnorms), 1)
+    stats.update(
+        wps=stats["ntokens"] / max(elapsed, 1e-9),
+        ups=n_upd / max(elapsed, 1e-9),
+        wpb=stats["ntokens"] / n_upd,
+        bsz=stats["nsentences"] / n_upd,
+        num_updates=trainer.num_updates,
+        lr=trainer.get_lr(),
+        gnorm=sum(gnorms) / n_upd,
+    )
+    for k in ("ntokens", "nsentences", "sample_size"):
+        stats.pop(k, None)
+    return stats
+
+
+def eta(args, state: RunState, trainer, epoch: int, step: int, total: int) -> Optional[float]:
+    per_update = state.train_wall / max(trainer.num_updates, 1)
+    remaining = []
+    if args.max_update:
+        remaining.append(args.max_update - trainer.num_updates)
+    if args.max_epoch:
+        remaining.append((args.max_epoch - epoch) * total + (total - step))
+    return min(remaining) * per_update if remaining else None
+
+
+def validate_and_save(args, trainer, epoch_itr, valid_itr, progress, state: RunState, end_of_epoch: bool) -> bool:
+    """Validate and checkpoint when due; returns True when training should stop."""
+    n, epoch = trainer.num_updates, epoch_itr.epoch
+    hit_max = bool(args.max_update) and n >= args.max_update
+    stop_lr = args.stop_min_lr > 0 and trainer.get_lr() <= args.stop_min_lr
+    do_valid = not args.disable_validation and valid_itr is not None and (
+        (end_of_epoch and epoch % args.validate_interval == 0)
+        or (args.validate_interval_updates > 0 and n % args.validate_interval_updates == 0)
+        or hit_max
+    )
+    do_save = not args.no_save and (
+        (end_of_epoch and epoch % args.save_interval == 0)
+        or (args.save_interval_updates > 0 and n % args.save_interval_updates == 0)
+        or hit_max
+    )
+    is_best, stop = False, hit_max or stop_lr
+    if do_valid:
+        stats = valid_loss(trainer, valid_itr)
+        if args.eval_bleu:
+            stats["bleu"] = valid_bleu(args, trainer, valid_itr)
+        metric = stats[args.best_checkpoint_metric] if args.best_checkpoint_metric in stats else stats["loss"]
+        is_best = is_better(args, metric, state.best)
+        if is_best:
+            state.best, state.num_bad_validations = metric, 0
+        else:
+            state.num_bad_validations += 1
+        stats.update(num_updates=n, **{f"best_{args.best_checkpoint_metric}": state.best})
+        progress.log("valid", f"epoch {epoch:03d} | valid on '{args.valid_subset}' subset", dict(epoch=epoch, **stats))
+        if args.patience > 0 and state.num_bad_validations >= args.patience:
+            logger.info(f"early stop since valid performance hasn't improved for last {args.patience} runs")
+            stop = True
+    if do_save and dist_utils.is_master():
+        t0 = time.time()
+        ckpt = trainer.state_dict(state.to_dict(epoch_itr))
+        paths = save_checkpoint(ckpt, args.save_dir, epoch, n, end_of_epoch, is_best, args)
+        if paths:
+            logger.info(f"saved checkpoint {paths[0]} (epoch {epoch} @ {n} updates) ({time.time() - t0:.1f}s)")
+    dist_utils.barrier()
+    return stop

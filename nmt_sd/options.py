@@ -164,3 +164,25 @@ def plain_args(args) -> dict:
         elif isinstance(v, (list, tuple)):
             out[k] = list(v)
     return out
+
+
+def add_generation_args(p) -> None:
+    """Flags shared by nmt-sd-generate and nmt-sd-interactive (fairseq's names)."""
+    p.add_argument("--path", required=True, metavar="CKPT", help="model checkpoint")
+    p.add_argument("-s", "--source-lang", metavar="SRC")
+    p.add_argument("-t", "--target-lang", metavar="TGT")
+    g = p.add_argument_group("Generation")
+    g.add_argument("--beam", type=int, default=5, metavar="N", help="beam size; 1 = greedy")
+    g.add_argument("--nbest", type=int, default=1, metavar="N")
+    g.add_argument("--lenpen", type=float, default=1.0)
+    g.add_argument("--max-len-a", type=float, default=0.0)
+    g.add_argument("--max-len-b", type=int, default=200)
+    g.add_argument("--min-len", type=int, default=1)
+    g.add_argument("--unkpen", type=float, default=0.0)
+    g.add_argument("--remove-bpe", "--post-process", nargs="?", const="@@ ", default=None,
+                   help="'sentencepiece', 'subword_nmt' or a BPE suffix such as '@@ '")
+    g.add_argument("--skip-invalid-size-inputs-valid-test", action="store_true")
+    g.add_argument("--cpu", action="store_true")
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--fp16", action="store_true")
+    g.add_argument("--num-threads", type=int, default=None, metavar="N")

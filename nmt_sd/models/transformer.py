@@ -73,6 +73,29 @@ class SinusoidalPositions(nn.Module):
         return self.weights[first : first + length]
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout. On CPU a uniform-threshold mask is ~2x faster than
+    ``F.dropout``'s bernoulli_ (same distribution, different random stream)."""
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    keep = torch.rand(x.shape, device=x.device) >= p
+    return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+
+
+def sdpa(q, k, v, mask, dropout_p: float, is_causal: bool) -> torch.Tensor:
+    """scaled_dot_product_attention; on CPU, bf16 inputs run the kernel in float32
+    (torch 2.13's bf16 CPU flash-attention backward is ~4x slower than float32)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):  # autocast would cast back to bf16
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
+            )
+        return out.to(torch.bfloat16)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+
 class MultiheadAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -120,7 +143,7 @@ class MultiheadAttention(nn.Module):
         if need_weights:
             out, weights = self._attention_with_weights(q, k, v, mask, is_causal, p)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+            out = sdpa(q, k, v, mask, p, is_causal)
             weights = None
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)  # (B, Tq, C)
         return self.out_proj(out), weights
@@ -135,7 +158,7 @@ class MultiheadAttention(nn.Module):
             future = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1)
             scores = scores.masked_fill(future, float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).type_as(q)
-        out = torch.matmul(F.dropout(probs, p, self.training), v)
+        out = torch.matmul(dropout(probs, p, self.training), v)
         return out, probs.mean(dim=1)
 
 
@@ -150,7 +173,7 @@ def build_ffn(module: nn.Module, dim: int, ffn_dim: int, args) -> None:
 
 
 def ffn(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-    h = F.dropout(layer.act(layer.fc1(x)), layer.activation_dropout, layer.training)
+    h = dropout(layer.act(layer.fc1(x)), layer.activation_dropout, layer.training)
     return layer.fc2(h)
 
 
@@ -168,12 +191,12 @@ class TransformerEncoderLayer(nn.Module):
         residual = x
         h = self.self_attn_layer_norm(x) if self.normalize_before else x
         h, attn = self.self_attn(h, h, key_padding_mask=padding_mask, need_weights=need_attn)
-        x = residual + F.dropout(h, self.dropout, self.training)
+        x = residual + dropout(h, self.dropout, self.training)
         if not self.normalize_before:
             x = self.self_attn_layer_norm(x)
         residual = x
         h = self.final_layer_norm(x) if self.normalize_before else x
-        x = residual + F.dropout(ffn(self, h), self.dropout, self.training)
+        x = residual + dropout(ffn(self, h), self.dropout, self.training)
         if not self.normalize_before:
             x = self.final_layer_norm(x)
         return x, attn
@@ -196,7 +219,7 @@ class TransformerDecoderLayer(nn.Module):
         residual = x
         h = norm(x) if self.normalize_before else x
         h, extra = fn(h)
-        x = residual + F.dropout(h, self.dropout, self.training)
+        x = residual + dropout(h, self.dropout, self.training)
         return (x if self.normalize_before else norm(x)), extra
 
     def forward(self, x, enc: EncoderOut, cache=None, need_attn: bool = False):  # x: (B, T, C)
@@ -249,7 +272,7 @@ class TransformerEncoder(nn.Module):
         x = x + self.embed_positions(0, src_tokens.size(1)).to(x.dtype)
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
-        x = F.dropout(x, self.dropout, self.training)
+        x = dropout(x, self.dropout, self.training)
         x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         states, attns = [], []
         for layer in self.layers:
@@ -291,7 +314,7 @@ class TransformerDecoder(nn.Module):
         x = x + self.embed_positions(start, prev_output_tokens.size(1)).to(x.dtype)
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
-        return F.dropout(x, self.dropout, self.training)
+        return dropout(x, self.dropout, self.training)
 
     def extract_features(self, prev_output_tokens, enc: EncoderOut, cache=None, return_all_hiddens=False, need_attn=False):
         """Returns features (B, T, C) and extras. With ``cache``, only positions not yet

@@ -1,0 +1,81 @@
+"""nmt-sd-interactive DATA --path CKPT: translate raw sentences from stdin (fairseq-interactive).
+
+With ``--sentencepiece-model`` the input is raw text (encoded with that model) and the
+output is decoded; without it, input lines must already be in the dictionary's pieces.
+"""
+import logging
+import sys
+
+import torch
+
+from nmt_sd.cli.common import run_cli
+from nmt_sd.cli.generate import decode_batch, setup_inference_device
+from nmt_sd.data.dataset import collate
+from nmt_sd.errors import NmtSdError
+from nmt_sd.generation.load import inference_autocast, load_model_for_inference
+from nmt_sd.generation.search import special_ids
+from nmt_sd.options import ArgumentParser, add_generation_args
+
+logger = logging.getLogger("nmt_sd.interactive")
+
+
+def read_buffers(stream, size: int):
+    buf = []
+    for line in stream:
+        buf.append(line.rstrip("\r\n"))
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def main(argv=None) -> None:
+    p = ArgumentParser(prog="nmt-sd-interactive", description=__doc__)
+    p.add_argument("data", help="directory holding dict.SRC.txt and dict.TGT.txt")
+    p.add_argument("--buffer-size", type=int, default=1, metavar="N", help="sentences per batch")
+    p.add_argument("--bpe", choices=["sentencepiece"], default=None)
+    p.add_argument("--sentencepiece-model", metavar="FILE")
+    p.add_argument("--input", default="-", help="file to translate (default: stdin)")
+    add_generation_args(p)
+    args = p.parse_args(argv)
+    spm = None
+    if args.sentencepiece_model:
+        import sentencepiece
+
+        try:
+            spm = sentencepiece.SentencePieceProcessor(model_file=args.sentencepiece_model)
+        except (OSError, RuntimeError) as e:
+            raise NmtSdError(f"cannot load --sentencepiece-model {args.sentencepiece_model}: {e}")
+        args.remove_bpe = args.remove_bpe or "sentencepiece"
+    device = setup_inference_device(args)
+    model, task, _ = load_model_for_inference(args.path, args.data, args.source_lang, args.target_lang, device)
+    ids = special_ids(task.tgt_dict)
+    stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    if sys.stdin.isatty() and args.input == "-":
+        print("Type the input sentence and press return:", file=sys.stderr)
+    start = 0
+    for lines in read_buffers(stream, args.buffer_size):
+        pieces = [" ".join(spm.encode(x, out_type=str)) if spm else x for x in lines]
+        items = [{"id": i, "source": task.src_dict.encode_line(x), "target": None} for i, x in enumerate(pieces)]
+        sample = collate(items, task.src_dict.pad(), task.src_dict.eos())
+        sample = {"id": sample["id"], "net_input": {k: v.to(device) for k, v in sample["net_input"].items()}}
+        hyps = decode_batch(model, sample, args, ids, inference_autocast(device, args.bf16, args.fp16))
+        for i, line in enumerate(lines):
+            sid = start + i
+            print(f"S-{sid}\t{line}")
+            for h in hyps[i][: args.nbest]:
+                text = task.tgt_dict.string(h["tokens"], args.remove_bpe, unk_string="<unk>")
+                print(f"H-{sid}\t{h['score']:.6f}\t{text}")
+                print(f"D-{sid}\t{h['score']:.6f}\t{text}")
+                print(f"P-{sid}\t" + " ".join(f"{s:.4f}" for s in h["positional_scores"].tolist()))
+            sys.stdout.flush()
+        start += len(lines)
+
+
+def cli_main(argv=None) -> None:
+    run_cli("nmt-sd-interactive", main, argv)
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,48 @@
+"""Load a trained model for inference: the checkpoint's own args rebuild the
+architecture; the data directory supplies the dictionaries."""
+import argparse
+import logging
+
+import torch
+
+from nmt_sd.errors import NmtSdError
+from nmt_sd.models import ARCH_PRESETS, TransformerModel
+from nmt_sd.tasks import TASKS
+from nmt_sd.training.checkpoint import load_checkpoint_file, load_model_state
+
+logger = logging.getLogger(__name__)
+
+
+def model_args_from_checkpoint(state, path: str) -> argparse.Namespace:
+    saved = dict(ARCH_PRESETS.get(state["args"].get("arch", "transformer"), {}))
+    saved.update({k: v for k, v in state["args"].items() if v is not None})
+    for key in ("encoder_embed_dim", "decoder_embed_dim", "encoder_layers", "decoder_layers"):
+        if key not in saved:
+            raise NmtSdError(f"checkpoint {path} lacks model argument '{key}'")
+    return argparse.Namespace(**saved)
+
+
+def load_model_for_inference(path: str, data: str, source_lang=None, target_lang=None, device="cpu"):
+    """Returns (model in eval mode, task, checkpoint args)."""
+    state = load_checkpoint_file(path)
+    ckpt_args = model_args_from_checkpoint(state, path)
+    task_args = argparse.Namespace(
+        data=data,
+        source_lang=source_lang or ckpt_args.source_lang,
+        target_lang=target_lang or ckpt_args.target_lang,
+    )
+    task = TASKS.get(getattr(ckpt_args, "task", "translation")).setup_task(task_args)
+    model = TransformerModel.build_model(ckpt_args, task.src_dict, task.tgt_dict)
+    load_model_state(model, state["model"], path)
+    model.to(device).eval()
+    n = sum(p.numel() for p in model.parameters())
+    logger.info(f"loaded {path}: {ckpt_args.arch}, {n:,} parameters, {state.get('num_updates', '?')} updates")
+    return model, task, ckpt_args
+
+
+def inference_autocast(device: torch.device, bf16: bool, fp16: bool):
+    import contextlib
+
+    if bf16 or fp16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if bf16 else torch.float16)
+    return contextlib.nullcontext()

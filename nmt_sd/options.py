@@ -115,6 +115,8 @@ def get_training_parser():
                    help=f"one of: {', '.join(sorted(ARCH_PRESETS))}")
     p.add_argument("--criterion", default="label_smoothed_cross_entropy", metavar="NAME",
                    help=f"one of: {', '.join(CRITERIONS.names())}")
+    p.add_argument("--terms", default="", metavar="T1,T2",
+                   help="extra objective terms to combine with --criterion (e.g. rdrop,lssd)")
     add_common_args(p)
     add_dataset_args(p)
     add_optimization_args(p)
@@ -130,7 +132,10 @@ def parse_training_args(argv=None):
     p = get_training_parser()
     known, _ = p.parse_known_args(argv)
     add_model_args(p)
-    CRITERIONS.get(known.criterion).add_args(p)
+    crit = CRITERIONS.get(known.criterion)
+    crit.add_args(p)
+    if hasattr(crit, "add_term_args"):
+        crit.add_term_args(p, known.criterion, known.terms)
     apply_arch_preset(p, known.arch)
     args = p.parse_args(argv)
     check_training_args(args)

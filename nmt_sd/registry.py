@@ -12,7 +12,7 @@ class Registry:
 
     def register(self, name: str) -> Callable[[Type], Type]:
         def wrap(cls: Type) -> Type:
-            if name in self._entries:
+            if name in self._entries and self._entries[name] is not cls:
                 raise ValueError(f"duplicate {self.kind} name: {name}")
             if self.base is not None and not issubclass(cls, self.base):
                 raise ValueError(f"{self.kind} {name} must subclass {self.base.__name__}")

@@ -50,14 +50,17 @@ def tiny_args(**over) -> argparse.Namespace:
     return argparse.Namespace(**a)
 
 
-def ragged_batch(d: Dictionary, lengths=((5, 4), (3, 6), (7, 2)), seed: int = 0):
-    """A B=3 batch with ragged source/target lengths (each ends with </s>)."""
+def ragged_batch(d: Dictionary, lengths=((5, 4), (3, 6), (7, 2)), seed: int = 0, select=None):
+    """A B=3 batch with ragged source/target lengths (each ends with </s>); ``select``
+    keeps only those sentences (same content as in the full batch)."""
     g = np.random.RandomState(seed)
     items = []
     for i, (ls, lt) in enumerate(lengths):
         src = np.append(g.randint(d.nspecial, len(d) - 1, size=ls - 1), d.eos())
         tgt = np.append(g.randint(d.nspecial, len(d) - 1, size=lt - 1), d.eos())
         items.append({"id": i, "source": src, "target": tgt})
+    if select is not None:
+        items = [items[i] for i in select]
     return collate(items, d.pad(), d.eos())
 
 

@@ -33,7 +33,11 @@ def test_end_to_end(toy_corpus, tmp_path, capsys):
     data = binarize(toy_corpus, tmp_path / "bin")
     assert (data / "dict.src.txt").exists() and (data / "train.src-tgt.tgt.idx").exists()
     save = tmp_path / "ck"
-    train.main([str(data), *TINY, "--max-epoch", "3", "--save-dir", str(save), "--log-interval", "1"])
+    train.main([str(data), *TINY, "--max-epoch", "3", "--save-dir", str(save), "--log-interval", "1",
+                "--eval-bleu", "--eval-bleu-remove-bpe", "none", "--best-checkpoint-metric", "bleu",
+                "--maximize-best-checkpoint-metric"])
+    valid = [json.loads(x) for x in open(save / "metrics.jsonl") if '"valid"' in x]
+    assert len(valid) == 3 and all(0 <= r["bleu"] <= 100 for r in valid)
     for name in ("checkpoint1.pt", "checkpoint3.pt", "checkpoint_best.pt", "checkpoint_last.pt"):
         assert (save / name).exists()
     state = torch.load(save / "checkpoint_last.pt", weights_only=True)
@@ -54,9 +58,18 @@ def test_end_to_end(toy_corpus, tmp_path, capsys):
     assert "sacreBLEU signature" in capsys.readouterr().out
 
 
-def test_resume_reproduces_uninterrupted_run(toy_corpus, tmp_path):
+CRITERIA = {
+    "ls_ce": [],
+    "rdrop": ["--criterion", "rdrop", "--rdrop-alpha", "5"],
+    "intra": ["--criterion", "intra_distillation", "--intra-k", "3", "--intra-alpha", "5", "--intra-adaptive",
+              "--intra-max-updates", "14"],  # pinned: the legs below differ in --max-update
+}
+
+
+@pytest.mark.parametrize("crit", sorted(CRITERIA))
+def test_resume_reproduces_uninterrupted_run(toy_corpus, tmp_path, crit):
     data = binarize(toy_corpus, tmp_path / "bin")
-    common = [str(data), *TINY, "--log-interval", "1", "--no-epoch-checkpoints"]
+    common = [str(data), *TINY, *CRITERIA[crit], "--log-interval", "1", "--no-epoch-checkpoints"]
     train.main([*common, "--max-update", "14", "--save-dir", str(tmp_path / "a")])
     train.main([*common, "--max-update", "5", "--save-dir", str(tmp_path / "b")])  # "interrupted"
     train.main([*common, "--max-update", "14", "--save-dir", str(tmp_path / "b")])  # resumes
@@ -67,14 +80,18 @@ def test_resume_reproduces_uninterrupted_run(toy_corpus, tmp_path):
     for ra, rb in zip(a, b):
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6), ra["num_updates"]
         assert ra["gnorm"] == pytest.approx(rb["gnorm"], abs=1e-5)
+    term_key = {"rdrop": "rdrop_kl", "intra": "intra_x"}.get(crit)
+    if term_key:  # every term's metric is logged
+        assert all(term_key in r for r in a) and a[-1][term_key] > 0
 
 
-def test_two_process_ddp_on_cpu(toy_corpus, tmp_path):
+@pytest.mark.parametrize("crit,port", [("ls_ce", 29531), ("intra", 29532)])
+def test_two_process_ddp_on_cpu(toy_corpus, tmp_path, crit, port):
     data = binarize(toy_corpus, tmp_path / "bin")
     save = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "nmt_sd.cli.train", str(data), *TINY, "--max-update", "6", "--save-dir", str(save),
-           "--log-interval", "1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "nmt_sd.cli.train", str(data), *TINY, *CRITERIA[crit], "--max-update", "6",
+           "--save-dir", str(save), "--log-interval", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -70,7 +70,7 @@ def main(argv=None) -> None:
         os.makedirs(args.results_path, exist_ok=True)
         out_f = open(os.path.join(args.results_path, f"generate-{args.gen_subset}.txt"), "w", encoding="utf-8")
     ids = special_ids(task.tgt_dict)
-    results, t0, done = {}, time.time(), 0
+    results, t0, done, last_log = {}, time.time(), 0, time.time()
     for sample in itr.next_epoch_itr():
         s = move_to(sample, device)
         hyps = decode_batch(model, s, args, ids, inference_autocast(device, args.bf16, args.fp16))
@@ -82,7 +82,9 @@ def main(argv=None) -> None:
             ref = task.tgt_dict.string(item["tgt"], args.remove_bpe, unk_string="<unk>") if has_target else None
             results[sid] = (task.tgt_dict.string(hyps[i][0]["tokens"], args.remove_bpe, unk_string="<unk>"), ref)
         done += len(sample["id"])
-        logger.info(f"translated {done}/{len(ds)} sentences ({done / (time.time() - t0):.1f} sentences/s)")
+        if time.time() - last_log > 10:
+            last_log = time.time()
+            logger.info(f"translated {done}/{len(ds)} sentences ({done / (last_log - t0):.1f} sentences/s)")
     elapsed = time.time() - t0
     if out_f is not sys.stdout:
         out_f.close()

@@ -1,5 +1,6 @@
-"""Training criteria. Each lives in its own file and is registered by name; add one
-import line below per criterion."""
+"""Training criteria. ``objective.py`` is the composite objective; each method is one
+term file that registers its term and its ``--criterion`` preset. Add one import line
+below per file."""
 import torch.nn as nn
 
 from nmt_sd.registry import Registry
@@ -13,7 +14,13 @@ class Criterion(nn.Module):
     def add_args(parser) -> None:
         pass
 
+    def set_num_updates(self, num_updates: int) -> None:
+        pass
+
 
 CRITERIONS = Registry("criterion", Criterion)
 
+from nmt_sd.criterions import objective  # noqa: E402,F401
 from nmt_sd.criterions import label_smoothed_cross_entropy  # noqa: E402,F401
+from nmt_sd.criterions import rdrop  # noqa: E402,F401
+from nmt_sd.criterions import intra_distillation  # noqa: E402,F401

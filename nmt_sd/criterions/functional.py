@@ -1,4 +1,5 @@
 """Pure loss functions shared by every criterion and term (no state, no inheritance)."""
+import math
 from typing import Tuple
 
 import torch
@@ -31,3 +32,104 @@ def label_smoothed_nll_loss(
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
     """float32 log-softmax over the last dim (logits may be bf16/fp16 under autocast)."""
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+class _FusedLabelSmoothedCE(torch.autograd.Function):
+    """Label-smoothed CE straight from logits, chunked over rows.
+
+    Forward keeps only the logits (in their own dtype) and the per-row logsumexp;
+    backward recomputes softmax chunk by chunk: d loss / d z = p - w, where w is the
+    smoothed target distribution (1-eps-eps_i on gold, eps_i elsewhere; sums to 1).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, epsilon: float, ignore_index: int, chunk: int):
+        n, vocab = logits.shape
+        eps_i = epsilon / (vocab - 1)
+        keep = target.ne(ignore_index)
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        nll = torch.empty(n, dtype=torch.float32, device=logits.device)
+        smooth = torch.empty(n, dtype=torch.float32, device=logits.device)
+        for s in range(0, n, chunk):
+            z = logits[s : s + chunk].float()  # (c, V)
+            lse_c = torch.logsumexp(z, dim=-1)
+            lse[s : s + chunk] = lse_c
+            nll[s : s + chunk] = lse_c - z.gather(-1, target[s : s + chunk].unsqueeze(-1)).squeeze(-1)
+            smooth[s : s + chunk] = vocab * lse_c - z.sum(-1)
+        nll = nll.masked_fill(~keep, 0.0).sum()
+        smooth = smooth.masked_fill(~keep, 0.0).sum()
+        loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
+        ctx.save_for_backward(logits, target, lse)
+        ctx.params = (epsilon, ignore_index, chunk)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll):
+        logits, target, lse = ctx.saved_tensors
+        epsilon, ignore_index, chunk = ctx.params
+        n, vocab = logits.shape
+        eps_i = epsilon / (vocab - 1)
+        # loss and nll are both linear in the per-row terms: combine their output grads
+        g_gold = grad_loss * (1.0 - epsilon - eps_i) + grad_nll  # weight on -log p(gold)
+        g_all = grad_loss * eps_i  # weight on -log p(v), every v
+        grad = torch.empty_like(logits)
+        for s in range(0, n, chunk):
+            t = target[s : s + chunk]
+            p = torch.exp(logits[s : s + chunk].float() - lse[s : s + chunk, None])  # (c, V)
+            g = p * (g_gold + g_all * vocab) - g_all
+            g.scatter_add_(-1, t.unsqueeze(-1), (-g_gold).expand(t.size(0), 1).to(g.dtype))
+            g.masked_fill_(t.eq(ignore_index).unsqueeze(-1), 0.0)
+            grad[s : s + chunk] = g.to(grad.dtype)
+        return grad, None, None, None, None
+
+
+def fused_label_smoothed_nll_loss(
+    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int, chunk: int = 4096
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Same values and gradients as ``label_smoothed_nll_loss(log_probs(logits), ...)``
+    without materialising float32 log-probs for backward.
+
+    Args:
+        logits: (N, V) in any float dtype; target: (N,).
+    Returns:
+        (loss, nll_loss) scalar float32 sums over non-pad rows.
+    """
+    return _FusedLabelSmoothedCE.apply(logits, target, epsilon, ignore_index, chunk)
+
+
+def symmetric_kl(lprobs_p: torch.Tensor, lprobs_q: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    """R-Drop's consistency: 1/2 [KL(p||q) + KL(q||p)] summed over non-pad tokens and vocab.
+
+    1/2 sum_v (p - q)(log p - log q). No stop-gradient: both sides get gradient.
+
+    Args:
+        lprobs_p, lprobs_q: (B, T, V) float32 log-probabilities of two passes.
+        pad_mask: (B, T) bool, True at pad targets (excluded).
+    """
+    diff = (lprobs_p.exp() - lprobs_q.exp()) * (lprobs_p - lprobs_q)  # (B, T, V)
+    return 0.5 * diff.sum(-1).masked_fill(pad_mask, 0.0).sum()
+
+
+def x_divergence(lprobs: list, pad_mask: torch.Tensor, kind: str = "x") -> torch.Tensor:
+    """Intra-Distillation's divergence of K passes to their (not detached) mean p_bar.
+
+    x:  (1/K) sum_i sum_v (p_i - p_bar)(log p_i - log p_bar) = (1/K) sum_i [KL(p_i||p_bar) + KL(p_bar||p_i)]
+    js: (1/K) sum_i sum_v p_i (log p_i - log p_bar)          = (1/K) sum_i KL(p_i||p_bar)
+    Summed over non-pad tokens. log p_bar is a logsumexp of the log-probs, so nothing
+    takes the log of an underflowed probability (the official code's NaN risk).
+
+    Args:
+        lprobs: K tensors (B, T, V) float32 log-probabilities.
+        pad_mask: (B, T) bool, True at pad targets.
+    """
+    k = len(lprobs)
+    stacked = torch.stack(lprobs, dim=0)  # (K, B, T, V)
+    log_mean = torch.logsumexp(stacked, dim=0) - math.log(k)  # (B, T, V)
+    probs = stacked.exp()
+    if kind == "x":
+        per = (probs - log_mean.exp()) * (stacked - log_mean)
+    elif kind == "js":
+        per = probs * (stacked - log_mean)
+    else:
+        raise ValueError(f"unknown divergence {kind!r} (x or js)")
+    return per.sum(dim=(0, -1)).masked_fill(pad_mask, 0.0).sum() / k

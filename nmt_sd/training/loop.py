@@ -59,7 +59,7 @@ def train_epoch(args, trainer, epoch_itr, valid_itr, progress, state: RunState) 
     n_batches = len(epoch_itr)
     total = math.ceil(n_batches / args.update_freq)
     itr = epoch_itr.next_epoch_itr()
-    interval, epoch_logs = [], []
+    interval, gnorms, epoch_logs = [], [], []
     t_interval = time.time()
     master = dist_utils.is_master()
     prefix = f"epoch {epoch:03d}"
@@ -70,15 +70,15 @@ def train_epoch(args, trainer, epoch_itr, valid_itr, progress, state: RunState) 
         t0 = time.time()
         logs, gnorm = trainer.train_step(samples)
         state.train_wall += time.time() - t0
-        interval += [dict(log, gnorm=gnorm) for log in logs[-1:]] + logs[:-1]
+        interval += logs
+        gnorms.append(gnorm)
         epoch_logs += logs
         n = trainer.num_updates
         step = math.ceil(epoch_itr.iterations_in_epoch / args.update_freq)
         if n % args.log_interval == 0:
-            stats = interval_stats(trainer, interval, time.time() - t_interval, len(interval))
-            stats["eta_s"] = eta(args, state, trainer, epoch, step, total)
-            progress.update(prefix, stats, step, total, stats.pop("eta_s"))
-            interval, t_interval = [], time.time()
+            stats = interval_stats(trainer, interval, gnorms, time.time() - t_interval)
+            progress.update(prefix, stats, step, total, eta(args, state, trainer, epoch, step, total))
+            interval, gnorms, t_interval = [], [], time.time()
         end_of_epoch = epoch_itr.iterations_in_epoch >= n_batches
         if not end_of_epoch and validate_and_save(args, trainer, epoch_itr, valid_itr, progress, state, False):
             return True
@@ -96,9 +96,8 @@ def summarize(trainer, logs) -> Dict:
     return trainer.criterion.reduce_metrics([dict(zip(keys, summed))])
 
 
-def interval_stats(trainer, logs, elapsed: float, nupd_logs: int) -> Dict:
-    gnorms = [float(log["gnorm"]) for log in logs if "gnorm" in log]
-    logs = [{k: v for k, v in log.items() if k != "gnorm"} for log in logs]
+def interval_stats(trainer, logs, gnorms, elapsed: float) -> Dict:
+    """Metrics of the updates since the last log point (one host sync here, none per step)."""
     stats = summarize(trainer, logs)
     n_upd = max(len(gnorms), 1)
     stats.update(
@@ -108,7 +107,7 @@ def interval_stats(trainer, logs, elapsed: float, nupd_logs: int) -> Dict:
         bsz=stats["nsentences"] / n_upd,
         num_updates=trainer.num_updates,
         lr=trainer.get_lr(),
-        gnorm=sum(gnorms) / n_upd,
+        gnorm=float(sum(float(g) for g in gnorms)) / n_upd,
     )
     for k in ("ntokens", "nsentences", "sample_size"):
         stats.pop(k, None)

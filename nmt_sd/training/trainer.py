@@ -88,6 +88,7 @@ class Trainer:
         logging outputs (tensors, not synced) and the gradient norm (a tensor)."""
         self.model.train()
         self.criterion.train()
+        self.criterion.set_num_updates(self.num_updates)
         logs, sample_size = [], 0
         for i, sample in enumerate(samples):
             sample = move_to(sample, self.device)
@@ -158,6 +159,7 @@ class Trainer:
             if self.scaler and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
         self.num_updates = int(state.get("num_updates", 0))
+        self.criterion.set_num_updates(self.num_updates)
         rng = state.get("rng") or {}
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])

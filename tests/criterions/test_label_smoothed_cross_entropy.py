@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from nmt_sd.criterions.functional import label_smoothed_nll_loss
-from nmt_sd.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropy, reduce_ce_metrics
-from nmt_sd.models import TransformerModel
-from tests.conftest import ragged_batch, tiny_args, tiny_dict
+from nmt_sd.criterions.objective import Objective
+from tests.conftest import ragged_batch, tiny_dict
+from tests.criterions.helpers import model_and_batch, objective
 
 
 def test_label_smoothing_hand_computation():
@@ -30,27 +30,25 @@ def test_eps_zero_is_plain_nll():
     assert nll.item() == pytest.approx(-lprobs[[0, 1, 2, 3], [0, 3, 6, 2]].sum().item(), rel=1e-6)
 
 
-class _Task:
-    def __init__(self, d):
-        self.src_dict = self.tgt_dict = d
-
-
-def test_criterion_sums_and_reduce_over_workers():
-    d = tiny_dict()
-    args = tiny_args()
-    model = TransformerModel.build_model(args, d, d)
-    crit = LabelSmoothedCrossEntropy(args, _Task(d))
-    b = ragged_batch(d)
+def test_criterion_matches_hand_formula_and_leaves_sample_alone():
+    crit, d = objective()
+    model, b = model_and_batch()
     before = {k: v.clone() for k, v in b["net_input"].items()}
     loss, sample_size, log = crit(model, b)
+    logits, _ = model(**b["net_input"])
+    ref, _ = label_smoothed_nll_loss(torch.log_softmax(logits, -1).view(-1, len(d)), b["target"].view(-1), 0.1, d.pad())
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     assert sample_size == b["ntokens"] == 12
-    assert all(torch.equal(before[k], b["net_input"][k]) for k in before)  # sample unchanged
+    assert all(torch.equal(before[k], b["net_input"][k]) for k in before)
     loss.backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    # two "workers" holding halves of the batch reduce to the same metrics as the whole
-    halves = [ragged_batch(d, lengths=((5, 4), (3, 6))), ragged_batch(d, lengths=((7, 2),), seed=0)]
-    logs = [crit(model, h)[2] for h in halves]
-    merged = reduce_ce_metrics(logs)
-    manual_nll = sum(float(l["nll_loss"]) for l in logs) / 12 / math.log(2)
-    assert merged["nll_loss"] == pytest.approx(manual_nll)
-    assert merged["ntokens"] == 12
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_reduce_over_two_workers_equals_whole_batch():
+    crit, d = objective()
+    model, _ = model_and_batch()
+    whole = Objective.reduce_metrics([crit(model, ragged_batch(d))[2]])
+    halves = [crit(model, ragged_batch(d, select=[0, 1]))[2], crit(model, ragged_batch(d, select=[2]))[2]]
+    merged = Objective.reduce_metrics(halves)
+    for key in ("loss", "nll_loss", "ntokens", "nsentences", "sample_size"):
+        assert merged[key] == pytest.approx(whole[key], rel=1e-5), key

@@ -1,0 +1,160 @@
+"""Training and generation speed of nmt-sd on this machine.
+
+    python bench/bench_speed.py train --data data/multi30k_de_en/bin \
+        --archs transformer_cpu transformer_iwslt_de_en --precisions fp32 bf16
+    python bench/bench_speed.py generate --data data/multi30k_de_en/bin \
+        --path checkpoints/multi30k_baseline/checkpoint_best.pt --precisions fp32 bf16
+
+Every figure comes from one subprocess per configuration (so peak memory is that
+configuration's own): ``train`` times real ``Trainer.train_step`` calls on the same
+batches (after warm-up updates) and reports target tokens/s, updates/s and peak RSS;
+``generate`` translates the split with beam 5 and reports sentences/s. With
+``--append FILE`` the Markdown table is appended to FILE with the command and commit.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def train_one(a) -> dict:
+    import torch
+
+    from nmt_sd.options import parse_training_args
+    from nmt_sd.tasks import TranslationTask
+    from nmt_sd.training.trainer import Trainer
+
+    argv = [a.data, "--arch", a.arch, "--share-all-embeddings", "--max-tokens", str(a.max_tokens),
+            "--max-update", "1", "--label-smoothing", "0.1", "--criterion", a.criterion,
+            "--dropout", str(a.dropout), *a.extra.split()]
+    if a.precision == "bf16":
+        argv.append("--bf16")
+    args = parse_training_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(1)
+    task = TranslationTask.setup_task(args)
+    ds = task.load_dataset("train")
+    model, crit = task.build_model(args), task.build_criterion(args)
+    trainer = Trainer(args, task, model, crit, torch.device("cpu"))
+    itr = task.get_batch_iterator(ds, a.max_tokens, None, model.max_positions(), 1, True, 1, 0, 8)
+    gen = itr.next_epoch_itr()
+    batches = [next(gen) for _ in range(a.warmup + a.updates)]
+    for b in batches[: a.warmup]:
+        trainer.train_step([b])
+    t0 = time.perf_counter()
+    for b in batches[a.warmup :]:
+        trainer.train_step([b])
+    dt = time.perf_counter() - t0
+    ntok = sum(b["ntokens"] for b in batches[a.warmup :])
+    return {"arch": a.arch, "criterion": a.criterion, "precision": a.precision, "threads": a.threads,
+            "max_tokens": a.max_tokens, "updates": a.updates, "tokens_per_s": ntok / dt,
+            "updates_per_s": a.updates / dt, "ms_per_update": 1000 * dt / a.updates,
+            "target_tokens_per_update": ntok / a.updates, "peak_rss_mb": peak_rss_mb(),
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def generate_one(a) -> dict:
+    import torch
+
+    from nmt_sd.cli.generate import decode_batch
+    from nmt_sd.generation.load import inference_autocast, load_model_for_inference
+    from nmt_sd.generation.search import special_ids
+
+    torch.set_num_threads(a.threads)
+    device = torch.device("cpu")
+    model, task, _ = load_model_for_inference(a.path, a.data)
+    ds = task.load_dataset(a.subset)
+    itr = task.get_batch_iterator(ds, a.max_tokens, None, model.max_positions(), shuffle=False)
+    gargs = argparse.Namespace(beam=a.beam, nbest=1, max_len_a=1.2, max_len_b=10, min_len=1, lenpen=1.0, unkpen=0.0)
+    ids = special_ids(task.tgt_dict)
+    t0 = time.perf_counter()
+    n = 0
+    for sample in itr.next_epoch_itr():
+        decode_batch(model, sample, gargs, ids, inference_autocast(device, a.precision == "bf16", False))
+        n += len(sample["id"])
+    dt = time.perf_counter() - t0
+    return {"subset": a.subset, "beam": a.beam, "precision": a.precision, "threads": a.threads,
+            "sentences": n, "seconds": dt, "sentences_per_s": n / dt, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_child(mode: str, a, **over) -> dict:
+    argv = [sys.executable, os.path.abspath(__file__), mode, "--child"]
+    for k, v in {**vars(a), **over}.items():
+        if k in ("child", "append", "archs", "precisions", "criteria") or v is None or v is False:
+            continue
+        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    env = dict(os.environ, PYTHONPATH=REPO)
+    out = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(rows, cols) -> str:
+    head = "| " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "".join("| " + " | ".join(f(r) for _, f in cols) + " |\n" for r in rows)
+
+
+TRAIN_COLS = [("arch", lambda r: r["arch"]), ("criterion", lambda r: r["criterion"]),
+              ("precision", lambda r: r["precision"]), ("threads", lambda r: str(r["threads"])),
+              ("tgt tokens/update", lambda r: f"{r['target_tokens_per_update']:.0f}"),
+              ("tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"), ("updates/s", lambda r: f"{r['updates_per_s']:.2f}"),
+              ("ms/update", lambda r: f"{r['ms_per_update']:.0f}"), ("peak RSS MB", lambda r: f"{r['peak_rss_mb']:.0f}")]
+GEN_COLS = [("subset", lambda r: r["subset"]), ("beam", lambda r: str(r["beam"])), ("precision", lambda r: r["precision"]),
+            ("threads", lambda r: str(r["threads"])), ("sentences", lambda r: str(r["sentences"])),
+            ("seconds", lambda r: f"{r['seconds']:.1f}"), ("sentences/s", lambda r: f"{r['sentences_per_s']:.1f}"),
+            ("peak RSS MB", lambda r: f"{r['peak_rss_mb']:.0f}")]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["train", "generate"])
+    p.add_argument("--data", default=os.path.join(REPO, "data/multi30k_de_en/bin"))
+    p.add_argument("--archs", nargs="+", default=["transformer_cpu"])
+    p.add_argument("--arch", default="transformer_cpu")
+    p.add_argument("--criteria", nargs="+", default=["label_smoothed_cross_entropy"])
+    p.add_argument("--criterion", default="label_smoothed_cross_entropy")
+    p.add_argument("--extra", default="", help="extra nmt-sd-train flags (train mode)")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--updates", type=int, default=20)
+    p.add_argument("--path", help="checkpoint (generate mode)")
+    p.add_argument("--subset", default="test")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--child", action="store_true")
+    p.add_argument("--append", metavar="FILE", help="append the table to this Markdown file")
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(train_one(a) if a.mode == "train" else generate_one(a)))
+        return
+    if a.mode == "train":
+        rows = [run_child("train", a, arch=arch, precision=prec, criterion=crit)
+                for arch in a.archs for crit in a.criteria for prec in a.precisions]
+        text = table(rows, TRAIN_COLS)
+    else:
+        rows = [run_child("generate", a, precision=prec) for prec in a.precisions]
+        text = table(rows, GEN_COLS)
+    print(text)
+    if a.append:
+        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        cmd = "python bench/bench_speed.py " + " ".join(sys.argv[1:])
+        with open(a.append, "a", encoding="utf-8") as f:
+            f.write(f"\n### {a.mode}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}\n\n")
+            f.write(f"```\n{cmd}\n```\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()

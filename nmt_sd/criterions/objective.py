@@ -1,0 +1,150 @@
+"""The composite training objective (style guide 2.3).
+
+    L = ce_scale * CE(passes) + sum_terms term(model, sample, passes)
+
+CE is label-smoothed cross-entropy over the student's K stochastic passes, summed or
+averaged over passes as the active consistency term states (R-Drop sums, Intra-
+Distillation averages). K is set by the consistency term (1 without one). Terms are
+one file each, registered in ``TERMS``; ``--criterion NAME`` is a preset of terms and
+``--terms a,b`` adds more. The objective never mutates ``sample`` and never calls
+backward. In eval mode (validation) it is plain single-pass label-smoothed CE.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+from nmt_sd.criterions import CRITERIONS, Criterion
+from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss, label_smoothed_nll_loss, log_probs
+from nmt_sd.errors import NmtSdError
+from nmt_sd.registry import Registry
+
+
+class Term(nn.Module):
+    """One component of the objective. Subclasses set the class attributes below and
+    implement ``forward(model, sample, passes, num_updates) -> (loss sum, logs)``."""
+
+    n_passes: int = 1  # stochastic passes this term needs (consistency terms: K)
+    consistency: bool = False  # a term across passes (at most one per run)
+    ce_reduction: str = "sum"  # how CE combines over passes when this term sets K
+    needs_lprobs: bool = False  # passes must carry float32 log-probs
+    ce_scale: float = 1.0  # multiplier on the CE part (e.g. Seer's alpha)
+    pass_mode: str = "concat"  # "concat" (one forward on K copies) or "sequential"
+
+    @staticmethod
+    def add_args(parser) -> None:
+        pass
+
+
+TERMS = Registry("term", Term)
+PRESET_TERMS: Dict[str, List[str]] = {}
+
+
+@dataclass
+class Pass:
+    """One stochastic forward pass: logits (B, T, V) and lazily computed log-probs."""
+
+    logits: torch.Tensor
+    extra: Dict = field(default_factory=dict)
+    _lprobs: Optional[torch.Tensor] = None
+
+    @property
+    def lprobs(self) -> torch.Tensor:  # (B, T, V) float32
+        if self._lprobs is None:
+            self._lprobs = log_probs(self.logits)
+        return self._lprobs
+
+
+def run_passes(model, net_input: Dict, k: int, mode: str) -> List[Pass]:
+    """K passes with independent dropout masks: one forward over the batch repeated K
+    times (``concat``, R-Drop's official way) or K forwards (``sequential``)."""
+    if k == 1 or mode == "sequential":
+        return [Pass(*model(**net_input)) for _ in range(k)]
+    rep = {name: t.repeat(k, *([1] * (t.dim() - 1))) for name, t in net_input.items()}
+    logits, _ = model(**rep)  # (K*B, T, V)
+    return [Pass(chunk) for chunk in logits.chunk(k, dim=0)]
+
+
+def register_preset(name: str, terms: List[str]) -> None:
+    """``--criterion name`` = the objective with these terms."""
+    PRESET_TERMS[name] = list(terms)
+    CRITERIONS.register(name)(Objective)
+
+
+def resolve_terms(criterion: str, extra: str) -> List[str]:
+    names = list(PRESET_TERMS.get(criterion, []))
+    for name in (x.strip() for x in (extra or "").split(",") if x.strip()):
+        TERMS.get(name)  # unknown names fail here, listing the valid ones
+        if name not in names:
+            names.append(name)
+    return names
+
+
+class Objective(Criterion):
+    def __init__(self, args, task):
+        super().__init__()
+        self.eps = args.label_smoothing
+        self.padding_idx = task.tgt_dict.pad()
+        names = resolve_terms(args.criterion, getattr(args, "terms", ""))
+        self.terms = nn.ModuleList(TERMS.get(n).from_args(args, task) for n in names)
+        consistency = [t for t in self.terms if t.consistency]
+        if len(consistency) > 1:
+            raise NmtSdError(f"--terms: choose one consistency term, got {[type(t).__name__ for t in consistency]}")
+        self.consistency = consistency[0] if consistency else None
+        self.num_updates = 0
+
+    @staticmethod
+    def add_args(parser) -> None:
+        parser.add_argument("--label-smoothing", type=float, default=0.0, metavar="D",
+                            help="epsilon for label smoothing, 0 means none")
+
+    @staticmethod
+    def add_term_args(parser, criterion: str, terms: str) -> None:
+        for name in resolve_terms(criterion, terms):
+            TERMS.get(name).add_args(parser)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        self.num_updates = num_updates
+
+    def ce(self, p: Pass, target: torch.Tensor, lprobs_needed: bool):
+        """Summed label-smoothed CE of one pass (fused from logits when possible)."""
+        flat_t = target.reshape(-1)
+        if lprobs_needed:
+            return label_smoothed_nll_loss(p.lprobs.reshape(-1, p.lprobs.size(-1)), flat_t, self.eps, self.padding_idx)
+        return fused_label_smoothed_nll_loss(p.logits.reshape(-1, p.logits.size(-1)), flat_t, self.eps, self.padding_idx)
+
+    def forward(self, model, sample, reduce: bool = True):
+        terms = list(self.terms) if self.training else []
+        k = self.consistency.n_passes if (self.training and self.consistency) else 1
+        mode = self.consistency.pass_mode if self.consistency else "concat"
+        passes = run_passes(model, sample["net_input"], k, mode)
+        need_lp = any(t.needs_lprobs for t in terms)
+        ce_parts = [self.ce(p, sample["target"], need_lp) for p in passes]
+        ce_loss = sum(c[0] for c in ce_parts)
+        nll = sum(c[1] for c in ce_parts) / k
+        if k > 1 and self.consistency.ce_reduction == "mean":
+            ce_loss = ce_loss / k
+        scale = math.prod(t.ce_scale for t in terms)
+        loss = ce_loss * scale if scale != 1.0 else ce_loss
+        ntokens = sample["ntokens"]
+        logs = {"nll_loss": nll.detach(), "ntokens": ntokens, "nsentences": sample["nsentences"], "sample_size": ntokens}
+        for t in terms:
+            t_loss, t_logs = t(model, sample, passes, self.num_updates)
+            loss = loss + t_loss
+            logs.update(t_logs)
+        logs["loss"] = loss.detach()
+        return loss, ntokens, logs
+
+    @staticmethod
+    def reduce_metrics(logs: List[Dict]) -> Dict[str, float]:
+        """Base metrics as fairseq's LS-CE; every term metric is a sum over tokens,
+        reported per token (``sample_size``)."""
+        from nmt_sd.criterions.label_smoothed_cross_entropy import reduce_ce_metrics
+
+        out = reduce_ce_metrics(logs)
+        base = {"loss", "nll_loss", "ntokens", "nsentences", "sample_size", "gnorm"}
+        for key in sorted({k for log in logs for k in log} - base):
+            out[key] = sum(float(log.get(key, 0)) for log in logs) / max(out["sample_size"], 1)
+        return out

@@ -1,0 +1,53 @@
+"""Composition: the objective is CE over the passes plus each term on the same passes."""
+import pytest
+import torch
+
+from nmt_sd.criterions import objective as objective_mod
+from nmt_sd.criterions.functional import label_smoothed_nll_loss, symmetric_kl
+from nmt_sd.criterions.objective import Pass, resolve_terms
+from nmt_sd.errors import NmtSdError
+from nmt_sd.options import parse_training_args
+from tests.criterions.helpers import model_and_batch, objective
+
+
+def test_combined_loss_is_sum_of_parts_on_the_same_passes(monkeypatch):
+    model, b = model_and_batch(dropout=0.3)
+    crit, d = objective("label_smoothed_cross_entropy", terms="rdrop", rdrop_alpha=2.0)
+    torch.manual_seed(4)
+    passes = [Pass(model(**b["net_input"])[0]) for _ in range(2)]
+    monkeypatch.setattr(objective_mod, "run_passes", lambda *a, **k: passes)
+    loss, _, logs = crit(model, b)
+    pad = b["target"].eq(d.pad())
+    ce = sum(label_smoothed_nll_loss(p.lprobs.view(-1, len(d)), b["target"].view(-1), 0.1, d.pad())[0] for p in passes)
+    kl = symmetric_kl(passes[0].lprobs, passes[1].lprobs, pad)
+    assert loss.item() == pytest.approx((ce + 2.0 * kl).item(), rel=1e-6)
+    assert set(logs) >= {"loss", "nll_loss", "ntokens", "nsentences", "sample_size", "rdrop_kl"}
+
+
+def test_criterion_name_equals_terms_flag():
+    model, b = model_and_batch(dropout=0.3)
+    a, _ = objective("rdrop", rdrop_alpha=3.0)
+    c, _ = objective("label_smoothed_cross_entropy", terms="rdrop", rdrop_alpha=3.0)
+    torch.manual_seed(7)
+    la = a(model, b)[0]
+    torch.manual_seed(7)
+    lc = c(model, b)[0]
+    assert la.item() == pytest.approx(lc.item(), rel=1e-6)
+
+
+def test_term_resolution_and_errors():
+    assert resolve_terms("label_smoothed_cross_entropy_with_rdrop", "") == ["rdrop"]
+    assert resolve_terms("rdrop", "rdrop") == ["rdrop"]
+    with pytest.raises(NmtSdError, match="unknown term 'nope'"):
+        resolve_terms("rdrop", "nope")
+    with pytest.raises(NmtSdError, match="one consistency term"):
+        objective("rdrop", terms="intra_distillation")
+
+
+def test_term_flags_exist_only_for_active_terms(capsys):
+    args = parse_training_args(["d", "--max-tokens", "8", "--max-update", "1", "--criterion", "intra_distillation",
+                                "--intra-k", "4", "--intra-alpha", "5", "--intra-adaptive"])
+    assert args.intra_k == 4 and args.intra_adaptive
+    with pytest.raises(SystemExit):
+        parse_training_args(["d", "--max-tokens", "8", "--max-update", "1", "--rdrop-alpha", "5"])
+    assert "--rdrop-alpha" in capsys.readouterr().err

@@ -7,7 +7,9 @@ import sys
 import pytest
 import torch
 
-from nmt_sd.cli import average_checkpoints, generate, preprocess, score, train
+import io
+
+from nmt_sd.cli import average_checkpoints, generate, interactive, preprocess, score, train
 
 TINY = ["--arch", "transformer_cpu", "--encoder-layers", "1", "--decoder-layers", "1",
         "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
@@ -56,6 +58,18 @@ def test_end_to_end(toy_corpus, tmp_path, capsys):
     assert len(hyps) == 6
     score.main(["--sys", str(tmp_path / "gen" / "test.hyp.detok"), "--ref", str(toy_corpus / "test.tgt")])
     assert "sacreBLEU signature" in capsys.readouterr().out
+    # interactive mode: stdin lines in, S-/H-/D-/P- lines out, same output as generate
+    first_src = (toy_corpus / "test.src").read_text().splitlines()[0]
+    monkey_stdin = io.StringIO(first_src + "\n")
+    old, sys.stdin = sys.stdin, monkey_stdin
+    try:
+        interactive.main([str(data), "--path", str(tmp_path / "avg.pt"), "--beam", "2"])
+    finally:
+        sys.stdin = old
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"S-0\t{first_src}" and out[1].startswith("H-0\t") and out[3].startswith("P-0\t")
+    gen_h = next(x for x in lines if x.startswith("H-0\t"))
+    assert out[1].split("\t")[2] == gen_h.split("\t")[2]  # same hypothesis as nmt-sd-generate
 
 
 CRITERIA = {

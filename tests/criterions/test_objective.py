@@ -51,3 +51,20 @@ def test_term_flags_exist_only_for_active_terms(capsys):
     with pytest.raises(SystemExit):
         parse_training_args(["d", "--max-tokens", "8", "--max-update", "1", "--rdrop-alpha", "5"])
     assert "--rdrop-alpha" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("crit,over", [
+    ("label_smoothed_cross_entropy", {}),
+    ("rdrop", {"rdrop_alpha": 5.0}),
+    ("intra_distillation", {"intra_alpha": 5.0, "intra_k": 3}),
+])
+def test_every_criterion_works_under_bf16_autocast(crit, over):
+    model, b = model_and_batch(dropout=0.0)  # no dropout: fp32 and bf16 see the same passes
+    c, _ = objective(crit, **over)
+    ref = c(model, b)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, logs = c(model, b)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(ref.item(), rel=3e-2)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())

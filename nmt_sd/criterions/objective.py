@@ -32,6 +32,8 @@ class Term(nn.Module):
     needs_lprobs: bool = False  # passes must carry float32 log-probs
     ce_scale: float = 1.0  # multiplier on the CE part (e.g. Seer's alpha)
     pass_mode: str = "concat"  # "concat" (one forward on K copies) or "sequential"
+    needs_hiddens: bool = False  # passes must carry encoder_states / inner_states
+    needs_attn: bool = False  # passes must carry per-layer attention maps
 
     @staticmethod
     def add_args(parser) -> None:
@@ -57,14 +59,29 @@ class Pass:
         return self._lprobs
 
 
-def run_passes(model, net_input: Dict, k: int, mode: str) -> List[Pass]:
+def split_batch(obj, k: int, i: int):
+    """The i-th of k equal batch chunks of a tensor, or of every tensor inside lists,
+    tuples (incl. EncoderOut) and dicts; anything else is returned as is."""
+    if torch.is_tensor(obj):
+        return obj.chunk(k, dim=0)[i]
+    if isinstance(obj, dict):
+        return {key: split_batch(v, k, i) for key, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(split_batch(v, k, i) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(split_batch(v, k, i) for v in obj)
+    return obj
+
+
+def run_passes(model, net_input: Dict, k: int, mode: str, **model_kw) -> List[Pass]:
     """K passes with independent dropout masks: one forward over the batch repeated K
-    times (``concat``, R-Drop's official way) or K forwards (``sequential``)."""
+    times (``concat``, R-Drop's official way) or K forwards (``sequential``). Each Pass
+    carries its own logits (B, T, V) and extras (``encoder_out``, hidden states, ...)."""
     if k == 1 or mode == "sequential":
-        return [Pass(*model(**net_input)) for _ in range(k)]
+        return [Pass(*model(**net_input, **model_kw)) for _ in range(k)]
     rep = {name: t.repeat(k, *([1] * (t.dim() - 1))) for name, t in net_input.items()}
-    logits, _ = model(**rep)  # (K*B, T, V)
-    return [Pass(chunk) for chunk in logits.chunk(k, dim=0)]
+    logits, extra = model(**rep, **model_kw)  # (K*B, T, V)
+    return [Pass(logits.chunk(k, dim=0)[i], split_batch(extra, k, i)) for i in range(k)]
 
 
 def register_preset(name: str, terms: List[str]) -> None:
@@ -119,7 +136,12 @@ class Objective(Criterion):
         terms = list(self.terms) if self.training else []
         k = self.consistency.n_passes if (self.training and self.consistency) else 1
         mode = self.consistency.pass_mode if self.consistency else "concat"
-        passes = run_passes(model, sample["net_input"], k, mode)
+        kw = {}
+        if any(t.needs_hiddens for t in terms):
+            kw["return_all_hiddens"] = True
+        if any(t.needs_attn for t in terms):
+            kw["need_attn"] = True
+        passes = run_passes(model, sample["net_input"], k, mode, **kw)
         need_lp = any(t.needs_lprobs for t in terms)
         ce_parts = [self.ce(p, sample["target"], need_lp) for p in passes]
         ce_loss = sum(c[0] for c in ce_parts)

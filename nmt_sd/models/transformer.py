@@ -321,15 +321,20 @@ class TransformerDecoder(nn.Module):
         cached are computed (one step during beam search)."""
         start = cache.seq_len if cache is not None else 0
         x = self.embed(prev_output_tokens[:, start:], start)
-        states, attn = [x], None
+        states, self_attns, cross_attns = [x], [], []
         for i, layer in enumerate(self.layers):
             x, attns = layer(x, enc, None if cache is None else cache.layers[i], need_attn=need_attn)
-            attn = attns["attn"]
+            self_attns.append(attns["self_attn"])
+            cross_attns.append(attns["attn"])
             if return_all_hiddens:
                 states.append(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        return x, {"attn": attn, "inner_states": states if return_all_hiddens else None}
+        extra = {"attn": cross_attns[-1] if cross_attns else None,
+                 "inner_states": states if return_all_hiddens else None}
+        if need_attn:
+            extra.update(decoder_self_attns=self_attns, decoder_cross_attns=cross_attns)
+        return x, extra
 
     def output_layer(self, features):  # (B, T, C) -> (B, T, V)
         return self.output_projection(features)
@@ -362,10 +367,25 @@ class TransformerModel(nn.Module):
         decoder = TransformerDecoder(args, tgt_dict, dec_emb)
         return cls(args, encoder, decoder)
 
-    def forward(self, src_tokens, src_lengths, prev_output_tokens, **kw):
-        """Returns logits (B, T, V) and extras (``attn``, ``inner_states``)."""
-        enc = self.encoder(src_tokens, src_lengths)
-        return self.decoder(prev_output_tokens, enc, **kw)
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, return_all_hiddens=False, need_attn=False, **kw):
+        """Returns logits (B, T, V) and extras: ``encoder_out`` (EncoderOut, always),
+        ``attn`` (last decoder layer's cross-attention, with ``need_attn``), and with
+        ``return_all_hiddens`` the decoder's ``inner_states`` (embeddings + every layer)
+        and ``encoder_states`` (every encoder layer); with ``need_attn`` also
+        ``encoder_self_attns`` / ``decoder_self_attns`` / ``decoder_cross_attns`` per layer
+        (head-averaged, (B, T, S))."""
+        enc = self.encoder(src_tokens, src_lengths, return_all_hiddens=return_all_hiddens, need_attn=need_attn)
+        enc_extra = {}
+        if not isinstance(enc, EncoderOut):  # (EncoderOut, extras) when states/attn asked
+            enc, enc_extra = enc
+        out, extra = self.decoder(prev_output_tokens, enc, return_all_hiddens=return_all_hiddens,
+                                  need_attn=need_attn, **kw)
+        extra["encoder_out"] = enc
+        if return_all_hiddens:
+            extra["encoder_states"] = enc_extra.get("inner_states")
+        if need_attn:
+            extra["encoder_self_attns"] = enc_extra.get("self_attns")
+        return out, extra
 
     @staticmethod
     def reorder_encoder_out(enc: EncoderOut, new_order: torch.Tensor) -> EncoderOut:

@@ -68,3 +68,17 @@ def test_every_criterion_works_under_bf16_autocast(crit, over):
     assert loss.item() == pytest.approx(ref.item(), rel=3e-2)
     loss.backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_concat_passes_split_extras_per_pass():
+    from nmt_sd.criterions.objective import run_passes
+
+    model, b = model_and_batch(dropout=0.0)
+    passes = run_passes(model, b["net_input"], 2, "concat", return_all_hiddens=True, need_attn=True)
+    single, extra = model(**b["net_input"], return_all_hiddens=True, need_attn=True)
+    for p in passes:
+        torch.testing.assert_close(p.logits, single, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(p.extra["encoder_out"].out, extra["encoder_out"].out, atol=1e-5, rtol=1e-5)
+        assert len(p.extra["inner_states"]) == len(extra["inner_states"])
+        torch.testing.assert_close(p.extra["encoder_states"][-1], extra["encoder_states"][-1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(p.extra["decoder_cross_attns"][0], extra["decoder_cross_attns"][0], atol=1e-5, rtol=1e-5)

@@ -41,6 +41,12 @@ class Term(nn.Module):
 
 
 TERMS = Registry("term", Term)
+
+
+def unwrap(model):
+    """The model itself, also when wrapped in DistributedDataParallel (to reach
+    ``model.encoder`` / ``model.decoder`` from a term)."""
+    return getattr(model, "module", model)
 PRESET_TERMS: Dict[str, List[str]] = {}
 
 

@@ -53,6 +53,10 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(self.model, device_ids=ids)
         self.params = unique_params(self.model, self.criterion)
+        model_ids = {id(p) for p in self.model.parameters()}
+        # training-only modules owned by the criterion (Seer decoder, ...) live outside
+        # DDP: their gradients are averaged over workers by hand, like DDP does
+        self.criterion_params = [p for p in self.params if id(p) not in model_ids]
         self.optimizer = self._build_optimizer()
         self.lr_schedule = build_lr_schedule(args)
         self.amp_dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
@@ -102,6 +106,7 @@ class Trainer:
             sample_size += ss
         if self.world > 1:  # DDP averaged the gradients: undo, then divide by the global size
             sample_size = dist_utils.all_reduce_sums([float(sample_size)], self.device)[0]
+            dist_utils.average_gradients(self.criterion_params)
         grads = [p.grad for p in self.params if p.grad is not None]
         torch._foreach_mul_(grads, self.world / max(sample_size, 1.0))
         if self.scaler:

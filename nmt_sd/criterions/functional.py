@@ -133,3 +133,18 @@ def x_divergence(lprobs: list, pad_mask: torch.Tensor, kind: str = "x") -> torch
     else:
         raise ValueError(f"unknown divergence {kind!r} (x or js)")
     return per.sum(dim=(0, -1)).masked_fill(pad_mask, 0.0).sum() / k
+
+
+def soft_cross_entropy(teacher_lprobs: torch.Tensor, student_lprobs: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a student against a teacher distribution (T = 1, no smoothing).
+
+    -sum_v p_T(v) log p_S(v), summed over non-pad tokens. Equals KL(p_T||p_S) plus the
+    teacher's entropy, so with a detached teacher it has KL's gradient. The caller
+    decides whether the teacher is detached (Seer Forcing detaches it).
+
+    Args:
+        teacher_lprobs, student_lprobs: (B, T, V) float32 log-probabilities.
+        pad_mask: (B, T) bool, True at pad targets (excluded).
+    """
+    per = -(teacher_lprobs.exp() * student_lprobs).sum(-1)  # (B, T)
+    return per.masked_fill(pad_mask, 0.0).sum()

@@ -18,7 +18,9 @@ def objective(criterion="label_smoothed_cross_entropy", terms="", **over):
     a = dict(criterion=criterion, terms=terms, label_smoothing=0.1, max_update=100,
              rdrop_alpha=0.0, rdrop_ce="sum", rdrop_passes="concat",
              intra_k=3, intra_alpha=0.0, intra_divergence="x", intra_adaptive=False,
-             intra_p=5.0, intra_q=10.0, intra_max_updates=None, intra_passes="sequential")
+             intra_p=5.0, intra_q=10.0, intra_max_updates=None, intra_passes="sequential",
+             seer_alpha=0.5, seer_ce_weight=1.0, seer_layers=None, seer_dropout=None)
+    a = {**vars(tiny_args()), **a}  # model args too, for terms that build modules (seer)
     a.update(over)
     return CRITERIONS.get(criterion)(argparse.Namespace(**a), Task(d)), d
 

@@ -77,6 +77,7 @@ CRITERIA = {
     "rdrop": ["--criterion", "rdrop", "--rdrop-alpha", "5"],
     "intra": ["--criterion", "intra_distillation", "--intra-k", "3", "--intra-alpha", "5", "--intra-adaptive",
               "--intra-max-updates", "14"],  # pinned: the legs below differ in --max-update
+    "seer": ["--criterion", "seer", "--seer-alpha", "0.5"],
 }
 
 
@@ -94,9 +95,29 @@ def test_resume_reproduces_uninterrupted_run(toy_corpus, tmp_path, crit):
     for ra, rb in zip(a, b):
         assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6), ra["num_updates"]
         assert ra["gnorm"] == pytest.approx(rb["gnorm"], abs=1e-5)
-    term_key = {"rdrop": "rdrop_kl", "intra": "intra_x"}.get(crit)
+    term_key = {"rdrop": "rdrop_kl", "intra": "intra_x", "seer": "seer_kd"}.get(crit)
     if term_key:  # every term's metric is logged
         assert all(term_key in r for r in a) and a[-1][term_key] > 0
+
+
+@pytest.mark.parametrize("extra", [[], ["--terms", "rdrop", "--rdrop-alpha", "5"]], ids=["alone", "with_rdrop"])
+def test_seer_checkpoint_is_a_plain_transformer_that_translates(toy_corpus, tmp_path, capsys, extra):
+    data = binarize(toy_corpus, tmp_path / "bin")
+    save = tmp_path / "ck"
+    train.main([str(data), *TINY, *CRITERIA["seer"], *extra, "--max-update", "4", "--save-dir", str(save),
+                "--log-interval", "1", "--no-epoch-checkpoints"])
+    rows = train_log(save)
+    assert len(rows) == 4 and all(r["seer_kd"] > 0 and r["seer_nll"] > 0 for r in rows)
+    assert all(("rdrop_kl" in r) == bool(extra) for r in rows)
+    state = torch.load(save / "checkpoint_last.pt", weights_only=True)
+    assert not [k for k in state["model"] if "seer" in k]  # the seer lives in "criterion" only
+    assert any(k.startswith("terms.0.seer.") for k in state["criterion"])
+    capsys.readouterr()
+    generate.main([str(data), "--path", str(save / "checkpoint_last.pt"), "--beam", "2", "--batch-size", "4",
+                   "--results-path", str(tmp_path / "gen")])
+    assert "sacreBLEU signature" in capsys.readouterr().out
+    lines = (tmp_path / "gen" / "generate-test.txt").read_text().splitlines()
+    assert sum(x.startswith("H-") for x in lines) == 6
 
 
 @pytest.mark.parametrize("crit,port", [("ls_ce", 29531), ("intra", 29532)])

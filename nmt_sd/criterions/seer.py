@@ -41,7 +41,7 @@ import argparse
 import torch
 import torch.nn as nn
 
-from nmt_sd.criterions.functional import label_smoothed_nll_loss, log_probs, soft_cross_entropy
+from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss, log_probs, soft_cross_entropy
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
 from nmt_sd.errors import NmtSdError
 from nmt_sd.models.transformer import EncoderOut, TransformerDecoderLayer, ffn
@@ -153,24 +153,23 @@ class SeerTerm(Term):
             raise NmtSdError(f"--seer-dropout must be in [0, 1), got {dropout}")
         return cls(args, args.seer_alpha, args.seer_ce_weight, layers, dropout, task.tgt_dict.pad())
 
-    def seer_lprobs(self, model, sample, p) -> torch.Tensor:
-        """The seer's float32 log-probs (B, T, V), built on pass ``p``'s embeddings and encoder."""
+    def seer_logits(self, model, sample, p) -> torch.Tensor:
+        """The seer's logits (B, T, V), built on pass ``p``'s embeddings and encoder output."""
         prev = sample["net_input"]["prev_output_tokens"]  # (B, T) right-padded
         lengths = prev.ne(self.padding_idx).sum(dim=1)  # (B,)
-        logits = self.seer(unwrap(model).decoder, p.extra["inner_states"][0], lengths, p.extra["encoder_out"])
-        return log_probs(logits)
+        return self.seer(unwrap(model).decoder, p.extra["inner_states"][0], lengths, p.extra["encoder_out"])
 
     def forward(self, model, sample, passes, num_updates: int):
         # the teacher runs once per batch (on the first pass); KD is averaged over the passes
-        lprobs = self.seer_lprobs(model, sample, passes[0])  # (B, T, V)
+        logits = self.seer_logits(model, sample, passes[0])  # (B, T, V)
         target = sample["target"]  # (B, T)
-        ce, nll = label_smoothed_nll_loss(lprobs.view(-1, lprobs.size(-1)), target.reshape(-1),
-                                          self.eps, self.padding_idx)
+        ce, nll = fused_label_smoothed_nll_loss(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                self.eps, self.padding_idx)
+        with torch.no_grad():  # stop-gradient: KD never trains the seer
+            teacher = log_probs(logits)  # (B, T, V) float32
         pad = target.eq(self.padding_idx)
-        teacher = lprobs.detach()  # stop-gradient: KD never trains the seer
         kd = sum(soft_cross_entropy(teacher, p.lprobs, pad) for p in passes) / len(passes)
         loss = self.ce_weight * ce + (1.0 - self.alpha) * kd
         return loss, {"seer_nll": nll.detach(), "seer_kd": kd.detach()}
-
 
 register_preset("seer", ["seer"])

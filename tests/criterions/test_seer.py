@@ -6,7 +6,7 @@ import torch
 
 from nmt_sd.criterions import objective as objective_mod
 from nmt_sd.criterions import seer as seer_mod
-from nmt_sd.criterions.functional import label_smoothed_nll_loss, soft_cross_entropy, symmetric_kl
+from nmt_sd.criterions.functional import label_smoothed_nll_loss, log_probs, soft_cross_entropy, symmetric_kl
 from nmt_sd.criterions.objective import Objective, Pass, run_passes
 from nmt_sd.errors import NmtSdError
 from nmt_sd.models import TransformerModel
@@ -20,7 +20,7 @@ def outputs(crit, model, sample, streams=False):
     logits, extra = model(**sample["net_input"], return_all_hiddens=True)
     term = crit.terms[0]
     if not streams:
-        return logits, term.seer_lprobs(model, sample, Pass(logits, extra))
+        return logits, log_probs(term.seer_logits(model, sample, Pass(logits, extra)))
     prev = sample["net_input"]["prev_output_tokens"]
     lengths = prev.ne(term.padding_idx).sum(1)
     seer_logits, s = term.seer(model.decoder, extra["inner_states"][0], lengths, extra["encoder_out"], True)
@@ -154,7 +154,7 @@ def test_combined_with_rdrop_is_the_sum_of_parts_on_the_same_passes(monkeypatch)
     tgt, pad, v = b["target"].view(-1), b["target"].eq(d.pad()), len(d)
     ce = sum(label_smoothed_nll_loss(p.lprobs.view(-1, v), tgt, 0.1, d.pad())[0] for p in passes)
     kl = symmetric_kl(passes[0].lprobs, passes[1].lprobs, pad)
-    seer_lp = crit.terms[0].seer_lprobs(model, b, passes[0])  # seer dropout 0: deterministic
+    seer_lp = log_probs(crit.terms[0].seer_logits(model, b, passes[0]))  # seer dropout 0: deterministic
     seer_ce = label_smoothed_nll_loss(seer_lp.view(-1, v), tgt, 0.1, d.pad())[0]
     kd = sum(soft_cross_entropy(seer_lp, p.lprobs, pad) for p in passes) / 2
     want = 0.25 * ce + 2.0 * kl + seer_ce + 0.75 * kd
@@ -196,7 +196,7 @@ def test_seer_dropout_takes_effect_and_defaults_to_the_model_dropout():
 
 
 def test_layers_flags_errors_and_state_stays_out_of_the_model():
-    model, b = model_and_batch()
+    model, _ = model_and_batch()
     keys = set(model.state_dict())
     crit, _ = objective("seer")
     assert len(crit.terms[0].seer.layers) == 2  # default: --decoder-layers

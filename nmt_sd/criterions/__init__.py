@@ -25,3 +25,4 @@ from nmt_sd.criterions import label_smoothed_cross_entropy  # noqa: E402,F401
 from nmt_sd.criterions import rdrop  # noqa: E402,F401
 from nmt_sd.criterions import intra_distillation  # noqa: E402,F401
 from nmt_sd.criterions import seer  # noqa: E402,F401
+from nmt_sd.criterions import kd  # noqa: E402,F401

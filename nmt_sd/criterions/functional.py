@@ -110,6 +110,44 @@ def symmetric_kl(lprobs_p: torch.Tensor, lprobs_q: torch.Tensor, pad_mask: torch
     return 0.5 * diff.sum(-1).masked_fill(pad_mask, 0.0).sum()
 
 
+def kd_kl(student_lprobs: torch.Tensor, teacher_lprobs: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    """Teacher-student KD: KL(q || p) = sum_v q (log q - log p), summed over non-pad tokens.
+
+    Pass log-probs at temperature T (log_softmax(z / T)); the caller applies T^2
+    (Hinton et al. 2015). The teacher side should be detached; KL differs from the
+    soft-target CE only by the teacher's entropy, a constant for the student.
+
+    Args:
+        student_lprobs, teacher_lprobs: (B, T, V) float32 log-probabilities.
+        pad_mask: (B, T) bool, True at pad targets (excluded).
+    """
+    per = (teacher_lprobs.exp() * (teacher_lprobs - student_lprobs)).sum(-1)  # (B, T)
+    return per.masked_fill(pad_mask, 0.0).sum()
+
+
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    """Squared error of hidden states, mean over channels, summed over non-pad positions.
+
+    Args:
+        student, teacher: (B, T, C) (the student already projected to the teacher's C).
+        pad_mask: (B, T) bool, True at pad positions (excluded).
+    """
+    per = (student.float() - teacher.float()).pow(2).mean(-1)  # (B, T)
+    return per.masked_fill(pad_mask, 0.0).sum()
+
+
+def attn_mse(student: torch.Tensor, teacher: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    """Squared error of attention maps, summed over keys (a padded key has weight 0 on
+    both sides, so the value does not depend on the batch's padding) and over non-pad queries.
+
+    Args:
+        student, teacher: (B, Tq, Tk) head-averaged attention probabilities.
+        pad_mask: (B, Tq) bool, True at pad query positions (excluded).
+    """
+    per = (student.float() - teacher.float()).pow(2).sum(-1)  # (B, Tq)
+    return per.masked_fill(pad_mask, 0.0).sum()
+
+
 def x_divergence(lprobs: list, pad_mask: torch.Tensor, kind: str = "x") -> torch.Tensor:
     """Intra-Distillation's divergence of K passes to their (not detached) mean p_bar.
 

@@ -20,6 +20,8 @@ def objective(criterion="label_smoothed_cross_entropy", terms="", **over):
              intra_k=3, intra_alpha=0.0, intra_divergence="x", intra_adaptive=False,
              intra_p=5.0, intra_q=10.0, intra_max_updates=None, intra_passes="sequential",
              seer_alpha=0.5, seer_ce_weight=1.0, seer_layers=None, seer_dropout=None)
+    a.update(teacher_path=None, kd_alpha=0.5, kd_temperature=1.0, kd_hidden_weight=0.0, kd_attn_weight=0.0,
+             kd_layer_map="")  # kd term defaults
     a = {**vars(tiny_args()), **a}  # model args too, for terms that build modules (seer)
     a.update(over)
     return CRITERIONS.get(criterion)(argparse.Namespace(**a), Task(d)), d

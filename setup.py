@@ -23,6 +23,7 @@ setup(
             "nmt-sd-interactive = nmt_sd.cli.interactive:cli_main",
             "nmt-sd-score = nmt_sd.cli.score:cli_main",
             "nmt-sd-average-checkpoints = nmt_sd.cli.average_checkpoints:cli_main",
+            "nmt-sd-seqkd = nmt_sd.cli.seqkd:cli_main",
         ]
     },
 )

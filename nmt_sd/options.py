@@ -103,6 +103,12 @@ def add_validation_args(p) -> None:
     g.add_argument("--eval-bleu-print-samples", action="store_true")
 
 
+def add_init_args(p) -> None:
+    g = p.add_argument_group("Student initialisation from a teacher (DistilBERT-style; fresh runs only)")
+    g.add_argument("--init-from-teacher", metavar="CKPT", help="copy mapped teacher layers into the new model")
+    g.add_argument("--init-layer-map", default="", metavar="MAP", help="'enc:1-2,2-4;dec:1-2' (default: every k-th)")
+
+
 def get_training_parser():
     from nmt_sd.criterions import CRITERIONS
     from nmt_sd.models import ARCH_PRESETS
@@ -122,6 +128,7 @@ def get_training_parser():
     add_optimization_args(p)
     add_checkpoint_args(p)
     add_validation_args(p)
+    add_init_args(p)
     return p
 
 

@@ -12,6 +12,7 @@ from nmt_sd.options import parse_training_args
 from nmt_sd.tasks import TASKS
 from nmt_sd.training import distributed as dist_utils
 from nmt_sd.training.checkpoint import find_restore_file, load_checkpoint_file
+from nmt_sd.training.init_from_teacher import init_from_teacher
 from nmt_sd.training.loop import RunState, train
 from nmt_sd.training.progress import Progress
 from nmt_sd.training.trainer import Trainer
@@ -87,6 +88,7 @@ def main(argv=None) -> None:
         logger.info(f"loaded checkpoint {restore} (epoch {epoch_itr.epoch} @ {trainer.num_updates} updates)")
     else:
         logger.info(f"no existing checkpoint found in {args.save_dir}, starting from scratch")
+        init_from_teacher(args, model, task)  # --init-from-teacher: fresh runs only
     logger.info(f"max tokens per batch = {args.max_tokens}, {len(epoch_itr)} batches per epoch")
     progress = Progress(args, enabled=dist_utils.is_master())
     try:

@@ -1,0 +1,127 @@
+"""nmt-sd-seqkd DATA --path TEACHER --destdir OUT: sequence-level knowledge distillation
+(Kim & Rush, "Sequence-Level Knowledge Distillation", EMNLP 2016, arXiv 1606.07947).
+
+    y_hat(x) = beam-search argmax_y p_teacher(y | x)    (--seq-inter: argmax over the n-best of sBLEU(y, y_gold))
+
+Translates the training sources of a binarized data directory with the teacher's beam
+search and writes, in OUT: ``train.SRC`` / ``train.TGT`` (raw text, detokenized with
+``--remove-bpe``, one line per training source, in order), ``train.SRC-TGT.{SRC,TGT}``
+binarized (the original source tokens and the teacher's output tokens, with DATA's
+dictionaries), and copies of DATA's dictionaries and other splits, so that any nmt-sd run
+can train on OUT. ``--seq-inter`` keeps the beam candidate closest to the reference by
+sentence BLEU (sacrebleu.sentence_bleu on the detokenized text; ties go to the better
+model score); it considers ``--nbest`` candidates, by default all ``--beam``.
+"""
+import glob
+import logging
+import os
+import time
+
+import numpy as np
+
+from nmt_sd.cli.common import run_cli
+from nmt_sd.cli.generate import decode_batch, setup_inference_device, write_lines
+from nmt_sd.criterions.kd import load_teacher
+from nmt_sd.data.indexed_dataset import write_indexed
+from nmt_sd.errors import NmtSdError
+from nmt_sd.generation.load import inference_autocast
+from nmt_sd.generation.search import special_ids
+from nmt_sd.options import ArgumentParser, add_generation_args
+from nmt_sd.tasks import TASKS
+from nmt_sd.training.checkpoint import atomic_copy
+from nmt_sd.training.progress import format_eta
+from nmt_sd.training.trainer import move_to
+
+logger = logging.getLogger("nmt_sd.seqkd")
+
+
+def get_parser():
+    p = ArgumentParser(prog="nmt-sd-seqkd", description="Write a sequence-level KD training set.")
+    p.add_argument("data", help="directory of binarized data (from nmt-sd-preprocess)")
+    p.add_argument("--destdir", required=True, metavar="DIR", help="output data directory")
+    p.add_argument("--subset", default="train", metavar="SPLIT", help="split to distil (default: train)")
+    p.add_argument("--seq-inter", action="store_true",
+                   help="keep the n-best candidate with the highest sentence BLEU against the reference")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N")
+    p.add_argument("--batch-size", "--max-sentences", type=int, default=None, metavar="N", dest="batch_size")
+    add_generation_args(p)
+    p.set_defaults(nbest=None)  # resolved in main: --beam with --seq-inter, else 1
+    return p
+
+
+def closest_to_reference(texts, ref: str) -> int:
+    """Index of the candidate with the highest sentence BLEU (first on ties)."""
+    import sacrebleu
+
+    bleus = [sacrebleu.sentence_bleu(t, [ref]).score for t in texts]
+    return max(range(len(texts)), key=lambda i: (bleus[i], -i))
+
+
+def distil(model, task, ds, args, device):
+    """Teacher output tokens (each ending in </s>) for every sentence of ``ds``, by id."""
+    itr = task.get_batch_iterator(ds, args.max_tokens or 12000, args.batch_size, model.max_positions(),
+                                  shuffle=False, skip_invalid=False)
+    ids, out, done = special_ids(task.tgt_dict), [None] * len(ds), 0
+    t0 = last = time.time()
+    for sample in itr.next_epoch_itr():
+        hyps = decode_batch(model, move_to(sample, device), args, ids, inference_autocast(device, args.bf16, args.fp16))
+        for i, sid in enumerate(sample["id"].tolist()):
+            cands = hyps[i]
+            if args.seq_inter:
+                ref = task.tgt_dict.string(ds.tgt[sid], args.remove_bpe)
+                texts = [task.tgt_dict.string(h["tokens"], args.remove_bpe) for h in cands]
+                cands = [cands[closest_to_reference(texts, ref)]]
+            out[sid] = cands[0]["tokens"].cpu().numpy().astype(np.int64)
+        done += len(sample["id"])
+        if time.time() - last > 10 or done == len(ds):
+            last, rate = time.time(), done / max(time.time() - t0, 1e-9)
+            logger.info(f"distilled {done}/{len(ds)} sentences ({100.0 * done / len(ds):.0f}%, "
+                        f"{rate:.1f} sentences/s, eta {format_eta((len(ds) - done) / max(rate, 1e-9))})")
+    return out
+
+
+def copy_other_splits(data: str, dest: str, subset: str, pair: str) -> None:
+    """Dictionaries and every binarized split except ``subset`` go to ``dest`` unchanged."""
+    for path in sorted(glob.glob(os.path.join(data, "*"))):
+        name = os.path.basename(path)
+        is_dict = name.startswith("dict.") and name.endswith(".txt")
+        is_split = f".{pair}." in name and name.endswith((".bin", ".idx")) and not name.startswith(f"{subset}.")
+        if is_dict or is_split:
+            atomic_copy(path, os.path.join(dest, name))
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    if not os.path.isdir(args.data):
+        raise NmtSdError(f"data directory not found: {args.data}")
+    if os.path.realpath(args.destdir) == os.path.realpath(args.data):
+        raise NmtSdError("--destdir must differ from DATA (it would overwrite the training set)")
+    args.nbest = args.nbest or (args.beam if args.seq_inter else 1)
+    device = setup_inference_device(args)
+    task = TASKS.get("translation").setup_task(args)
+    src, tgt = args.source_lang, args.target_lang
+    ds = task.load_dataset(args.subset)
+    if args.seq_inter and ds.tgt is None:
+        raise NmtSdError(f"--seq-inter needs references: split '{args.subset}' in {args.data} has no target side")
+    model, _ = load_teacher(args.path, task.src_dict, task.tgt_dict, "--path")
+    model.to(device)
+    logger.info(f"distilling {len(ds)} {args.subset} sentences with beam {args.beam}"
+                + (f", seq-inter over {args.nbest} candidates" if args.seq_inter else ""))
+    hyps = distil(model, task, ds, args, device)
+    os.makedirs(args.destdir, exist_ok=True)
+    copy_other_splits(args.data, args.destdir, args.subset, f"{src}-{tgt}")
+    prefix = os.path.join(args.destdir, args.subset)
+    write_lines(f"{prefix}.{src}", [task.src_dict.string(ds.src[i], args.remove_bpe) for i in range(len(ds))])
+    write_lines(f"{prefix}.{tgt}", [task.tgt_dict.string(h, args.remove_bpe) for h in hyps])
+    write_indexed(f"{prefix}.{src}-{tgt}.{src}", [ds.src[i] for i in range(len(ds))], len(task.src_dict))
+    write_indexed(f"{prefix}.{src}-{tgt}.{tgt}", hyps, len(task.tgt_dict))  # last: marks completion
+    logger.info(f"wrote the distilled {args.subset} set ({len(ds)} pairs) and copies of the other splits "
+                f"to {args.destdir}")
+
+
+def cli_main(argv=None) -> None:
+    run_cli("nmt-sd-seqkd", main, argv)
+
+
+if __name__ == "__main__":
+    cli_main()

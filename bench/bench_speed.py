@@ -89,7 +89,7 @@ def generate_one(a) -> dict:
 def run_child(mode: str, a, **over) -> dict:
     argv = [sys.executable, os.path.abspath(__file__), mode, "--child"]
     for k, v in {**vars(a), **over}.items():
-        if k in ("child", "append", "archs", "precisions", "criteria") or v is None or v is False:
+        if k in ("mode", "child", "append", "archs", "precisions", "criteria") or v is None or v is False:
             continue
         argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
     env = dict(os.environ, PYTHONPATH=REPO)
@@ -121,7 +121,8 @@ def main():
     p.add_argument("--data", default=os.path.join(REPO, "data/multi30k_de_en/bin"))
     p.add_argument("--archs", nargs="+", default=["transformer_cpu"])
     p.add_argument("--arch", default="transformer_cpu")
-    p.add_argument("--criteria", nargs="+", default=["label_smoothed_cross_entropy"])
+    p.add_argument("--criteria", nargs="+", default=["label_smoothed_cross_entropy"],
+                   help="criteria to time, each NAME or 'NAME=FLAGS' (e.g. 'rdrop=--rdrop-alpha 5')")
     p.add_argument("--criterion", default="label_smoothed_cross_entropy")
     p.add_argument("--extra", default="", help="extra nmt-sd-train flags (train mode)")
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
@@ -141,8 +142,13 @@ def main():
         print(json.dumps(train_one(a) if a.mode == "train" else generate_one(a)))
         return
     if a.mode == "train":
-        rows = [run_child("train", a, arch=arch, precision=prec, criterion=crit)
-                for arch in a.archs for crit in a.criteria for prec in a.precisions]
+        rows = []
+        for arch in a.archs:
+            for spec in a.criteria:
+                crit, _, flags = spec.partition("=")
+                for prec in a.precisions:
+                    extra = " ".join(x for x in (a.extra, flags) if x)
+                    rows.append(run_child("train", a, arch=arch, precision=prec, criterion=crit, extra=extra or None))
         text = table(rows, TRAIN_COLS)
     else:
         rows = [run_child("generate", a, precision=prec) for prec in a.precisions]

@@ -84,7 +84,7 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
 
 
 def fused_label_smoothed_nll_loss(
-    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int, chunk: int = 4096
+    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int, chunk: int = 256
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Same values and gradients as ``label_smoothed_nll_loss(log_probs(logits), ...)``
     without materialising float32 log-probs for backward.

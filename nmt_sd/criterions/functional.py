@@ -186,3 +186,150 @@ def soft_cross_entropy(teacher_lprobs: torch.Tensor, student_lprobs: torch.Tenso
     """
     per = -(teacher_lprobs.exp() * student_lprobs).sum(-1)  # (B, T)
     return per.masked_fill(pad_mask, 0.0).sum()
+
+
+class _SymmetricKLFromLogits(torch.autograd.Function):
+    """1/2 sum_v (p - q)(log p - log q) over kept rows, from logits, chunked.
+
+    With a = log p, b = log q: d/dz_p = 1/2 [p (a - b) + p - q] - 1/2 p KL(p||q), and
+    symmetrically for z_q; backward recomputes the softmaxes chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, z_p, z_q, keep, chunk: int):
+        total = torch.zeros((), dtype=torch.float32, device=z_p.device)
+        for s in range(0, z_p.size(0), chunk):
+            a = torch.log_softmax(z_p[s : s + chunk].float(), -1)
+            b = torch.log_softmax(z_q[s : s + chunk].float(), -1)
+            rows = ((a.exp() - b.exp()) * (a - b)).sum(-1)  # (c,)
+            total += rows.masked_fill(~keep[s : s + chunk], 0.0).sum()
+        ctx.save_for_backward(z_p, z_q, keep)
+        ctx.chunk = chunk
+        return 0.5 * total
+
+    @staticmethod
+    def backward(ctx, grad):
+        z_p, z_q, keep = ctx.saved_tensors
+        g_p, g_q = torch.empty_like(z_p), torch.empty_like(z_q)
+        for s in range(0, z_p.size(0), ctx.chunk):
+            a = torch.log_softmax(z_p[s : s + ctx.chunk].float(), -1)
+            b = torch.log_softmax(z_q[s : s + ctx.chunk].float(), -1)
+            p, q, d = a.exp(), b.exp(), a - b
+            k = keep[s : s + ctx.chunk].unsqueeze(-1).to(p.dtype) * (0.5 * grad)  # (c, 1)
+            pd, qd = p * d, q * d
+            kl_pq, kl_qp = pd.sum(-1, keepdim=True), -qd.sum(-1, keepdim=True)
+            g_p[s : s + ctx.chunk] = ((pd + p - q - p * kl_pq) * k).to(g_p.dtype)
+            g_q[s : s + ctx.chunk] = ((q - p - qd - q * kl_qp) * k).to(g_q.dtype)
+        return g_p, g_q, None, None
+
+
+def symmetric_kl_from_logits(
+    logits_p: torch.Tensor, logits_q: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """``symmetric_kl(log_softmax(logits_p), log_softmax(logits_q), pad_mask)`` without
+    keeping float32 (B, T, V) tensors for backward (same value and gradients).
+
+    Args:
+        logits_p, logits_q: (B, T, V) any float dtype; pad_mask: (B, T) True at pads.
+    """
+    v = logits_p.size(-1)
+    keep = ~pad_mask.reshape(-1)
+    return _SymmetricKLFromLogits.apply(logits_p.reshape(-1, v), logits_q.reshape(-1, v), keep, chunk)
+
+
+def _xdiv_chunk(zs, kind: str, need_grad: bool):
+    """X/JS divergence rows (c,) of K logit chunks (c, V), and d rows / d z_i if asked."""
+    k = len(zs)
+    a = torch.stack([torch.log_softmax(z.float(), -1) for z in zs])  # (K, c, V)
+    p = a.exp()
+    m = p.mean(0)  # (c, V) p_bar
+    if kind == "x":  # the log p_bar terms cancel: X = 1/K sum_j sum_v (p_j - p_bar) a_j
+        a_bar = a.mean(0)
+        rows = ((p - m) * a).sum((0, -1)) / k
+        if not need_grad:
+            return rows, None
+        s = (p * (a - a_bar)).sum(-1, keepdim=True)  # (K, c, 1)
+        return rows, (p * (a + 1.0 - a_bar) - m - p * s) / k
+    log_m = torch.logsumexp(a, 0) - math.log(k)  # (c, V)
+    kl = (p * (a - log_m)).sum(-1, keepdim=True)  # (K, c, 1): KL(p_i || p_bar)
+    rows = kl.sum(0).squeeze(-1) / k
+    return rows, ((p * (a - log_m) - p * kl) / k if need_grad else None)
+
+
+class _XDivergenceFromLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, keep, kind: str, chunk: int, *zs):
+        total = torch.zeros((), dtype=torch.float32, device=zs[0].device)
+        for s in range(0, zs[0].size(0), chunk):
+            rows, _ = _xdiv_chunk([z[s : s + chunk] for z in zs], kind, False)
+            total += rows.masked_fill(~keep[s : s + chunk], 0.0).sum()
+        ctx.save_for_backward(keep, *zs)
+        ctx.kind, ctx.chunk = kind, chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        keep, *zs = ctx.saved_tensors
+        grads = [torch.empty_like(z) for z in zs]
+        for s in range(0, zs[0].size(0), ctx.chunk):
+            _, g = _xdiv_chunk([z[s : s + ctx.chunk] for z in zs], ctx.kind, True)
+            g = g * (keep[s : s + ctx.chunk].unsqueeze(-1).to(g.dtype) * grad)
+            for i, gi in enumerate(grads):
+                gi[s : s + ctx.chunk] = g[i].to(gi.dtype)
+        return (None, None, None, *grads)
+
+
+def x_divergence_from_logits(logits: list, pad_mask: torch.Tensor, kind: str = "x", chunk: int = 128) -> torch.Tensor:
+    """``x_divergence([log_softmax(z) for z in logits], pad_mask, kind)`` from the logits,
+    chunked with analytic gradients (no float32 (K, B, T, V) tensors kept for backward).
+
+    Args:
+        logits: K tensors (B, T, V), any float dtype; pad_mask: (B, T) True at pads.
+    """
+    if kind not in ("x", "js"):
+        raise ValueError(f"unknown divergence {kind!r} (x or js)")
+    v = logits[0].size(-1)
+    keep = ~pad_mask.reshape(-1)
+    return _XDivergenceFromLogits.apply(keep, kind, chunk, *(z.reshape(-1, v) for z in logits))
+
+
+class _SoftCEFromLogits(torch.autograd.Function):
+    """sum_rows -sum_v q_v log softmax(z)_v with q = softmax(teacher logits), chunked;
+    d/dz = softmax(z) - q (q sums to 1). The teacher gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, z, teacher, keep, chunk: int):
+        total = torch.zeros((), dtype=torch.float32, device=z.device)
+        for s in range(0, z.size(0), chunk):
+            zc = z[s : s + chunk].float()
+            q = torch.softmax(teacher[s : s + chunk].float(), -1)
+            rows = torch.logsumexp(zc, -1) - (q * zc).sum(-1)
+            total += rows.masked_fill(~keep[s : s + chunk], 0.0).sum()
+        ctx.save_for_backward(z, teacher, keep)
+        ctx.chunk = chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, teacher, keep = ctx.saved_tensors
+        g = torch.empty_like(z)
+        for s in range(0, z.size(0), ctx.chunk):
+            p = torch.softmax(z[s : s + ctx.chunk].float(), -1)
+            q = torch.softmax(teacher[s : s + ctx.chunk].float(), -1)
+            k = keep[s : s + ctx.chunk].unsqueeze(-1).to(p.dtype) * grad
+            g[s : s + ctx.chunk] = ((p - q) * k).to(g.dtype)
+        return g, None, None, None
+
+
+def soft_cross_entropy_from_logits(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """``soft_cross_entropy(log_softmax(teacher), log_softmax(student), pad_mask)`` from
+    logits (chunked; the teacher is treated as detached).
+
+    Args:
+        student_logits, teacher_logits: (B, T, V); pad_mask: (B, T) True at pads.
+    """
+    v = student_logits.size(-1)
+    keep = ~pad_mask.reshape(-1)
+    return _SoftCEFromLogits.apply(student_logits.reshape(-1, v), teacher_logits.detach().reshape(-1, v), keep, chunk)

@@ -14,7 +14,7 @@ With K = 2 the X-divergence is exactly half of R-Drop's symmetric KL.
 import logging
 import math
 
-from nmt_sd.criterions.functional import x_divergence
+from nmt_sd.criterions.functional import x_divergence_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset
 from nmt_sd.errors import NmtSdError
 
@@ -33,7 +33,6 @@ def adaptive_alpha(alpha: float, t: int, n: int, p: float, q: float) -> float:
 class IntraDistillationTerm(Term):
     consistency = True
     ce_reduction = "mean"
-    needs_lprobs = True
 
     def __init__(self, k, alpha, divergence, adaptive, p, q, n, pass_mode, padding_idx):
         super().__init__()
@@ -76,7 +75,8 @@ class IntraDistillationTerm(Term):
 
     def forward(self, model, sample, passes, num_updates: int):
         pad_mask = sample["target"].eq(self.padding_idx)  # (B, T)
-        x = x_divergence([p.lprobs for p in passes], pad_mask, self.divergence)
+        # from the logits (chunked, analytic gradients): no float32 (K, B, T, V) copies kept
+        x = x_divergence_from_logits([p.logits for p in passes], pad_mask, self.divergence)
         alpha = self.alpha_at(num_updates)
         # alpha logged token-weighted, so the per-token reduction gives its mean
         return alpha * x, {"intra_x": x.detach(), "intra_alpha": alpha * sample["ntokens"]}

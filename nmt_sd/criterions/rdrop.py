@@ -8,7 +8,7 @@ the passes (the official fairseq convention, so published alphas keep their mean
 ``--rdrop-ce mean`` gives the README snippet's 0.5 (CE1 + CE2). No stop-gradient.
 Unlike the official code, alpha is a float (the official ``--reg-alpha`` is an int).
 """
-from nmt_sd.criterions.functional import symmetric_kl
+from nmt_sd.criterions.functional import symmetric_kl_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset
 
 
@@ -16,7 +16,6 @@ from nmt_sd.criterions.objective import TERMS, Term, register_preset
 class RDropTerm(Term):
     n_passes = 2
     consistency = True
-    needs_lprobs = True
 
     def __init__(self, alpha: float, ce_reduction: str, pass_mode: str, padding_idx: int):
         super().__init__()
@@ -38,7 +37,8 @@ class RDropTerm(Term):
 
     def forward(self, model, sample, passes, num_updates: int):
         pad_mask = sample["target"].eq(self.padding_idx)  # (B, T)
-        kl = symmetric_kl(passes[0].lprobs, passes[1].lprobs, pad_mask)
+        # straight from the logits (chunked, analytic gradient): no float32 (B, T, V) copies
+        kl = symmetric_kl_from_logits(passes[0].logits, passes[1].logits, pad_mask)
         return self.alpha * kl, {"rdrop_kl": kl.detach()}
 
 

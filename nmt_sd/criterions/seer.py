@@ -41,7 +41,7 @@ import argparse
 import torch
 import torch.nn as nn
 
-from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss, log_probs, soft_cross_entropy
+from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss, soft_cross_entropy_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
 from nmt_sd.errors import NmtSdError
 from nmt_sd.models.transformer import EncoderOut, TransformerDecoderLayer, ffn
@@ -119,7 +119,6 @@ class SeerDecoder(nn.Module):
 
 @TERMS.register("seer")
 class SeerTerm(Term):
-    needs_lprobs = True
     needs_hiddens = True  # the decoder's embedded input: pass.extra["inner_states"][0]
 
     def __init__(self, args, alpha: float, ce_weight: float, layers: int, dropout: float, padding_idx: int):
@@ -165,10 +164,9 @@ class SeerTerm(Term):
         target = sample["target"]  # (B, T)
         ce, nll = fused_label_smoothed_nll_loss(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
                                                 self.eps, self.padding_idx)
-        with torch.no_grad():  # stop-gradient: KD never trains the seer
-            teacher = log_probs(logits)  # (B, T, V) float32
         pad = target.eq(self.padding_idx)
-        kd = sum(soft_cross_entropy(teacher, p.lprobs, pad) for p in passes) / len(passes)
+        # stop-gradient: the seer's logits enter KD detached (fused from logits, chunked)
+        kd = sum(soft_cross_entropy_from_logits(p.logits, logits.detach(), pad) for p in passes) / len(passes)
         loss = self.ce_weight * ce + (1.0 - self.alpha) * kd
         return loss, {"seer_nll": nll.detach(), "seer_kd": kd.detach()}
 

@@ -30,3 +30,54 @@ def test_fused_ls_ce_bf16_logits_close_to_float32():
     loss.backward()
     assert lb.grad.dtype == torch.bfloat16
     assert loss.item() == pytest.approx(ref.item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("chunk", [2, 256])
+def test_fused_symmetric_kl_matches_reference(chunk):
+    from nmt_sd.criterions.functional import symmetric_kl, symmetric_kl_from_logits
+
+    zp = (torch.randn(2, 5, 11, dtype=torch.float64) * 2).requires_grad_()
+    zq = (torch.randn(2, 5, 11, dtype=torch.float64) * 2).requires_grad_()
+    pad = torch.tensor([[False] * 5, [False, False, True, True, True]])
+    ref = symmetric_kl(torch.log_softmax(zp, -1), torch.log_softmax(zq, -1), pad)
+    gp, gq = torch.autograd.grad(3.0 * ref, (zp, zq))
+    zp2, zq2 = zp.detach().clone().requires_grad_(), zq.detach().clone().requires_grad_()
+    got = symmetric_kl_from_logits(zp2, zq2, pad, chunk)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    (3.0 * got).backward()
+    torch.testing.assert_close(zp2.grad, gp, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(zq2.grad, gq, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["x", "js"])
+@pytest.mark.parametrize("k", [2, 3])
+def test_fused_x_divergence_matches_reference(kind, k):
+    from nmt_sd.criterions.functional import x_divergence, x_divergence_from_logits
+
+    zs = [(torch.randn(2, 4, 9, dtype=torch.float64) * 2).requires_grad_() for _ in range(k)]
+    pad = torch.tensor([[False] * 4, [False, True, True, True]])
+    ref = x_divergence([torch.log_softmax(z, -1) for z in zs], pad, kind)
+    ref_g = torch.autograd.grad(2.0 * ref, zs)
+    zs2 = [z.detach().clone().requires_grad_() for z in zs]
+    got = x_divergence_from_logits(zs2, pad, kind, chunk=3)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    (2.0 * got).backward()
+    for z, g in zip(zs2, ref_g):
+        torch.testing.assert_close(z.grad, g, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_soft_cross_entropy_matches_reference():
+    from nmt_sd.criterions.functional import soft_cross_entropy, soft_cross_entropy_from_logits
+
+    zs = (torch.randn(2, 4, 9, dtype=torch.float64) * 2).requires_grad_()
+    zt = torch.randn(2, 4, 9, dtype=torch.float64) * 2
+    pad = torch.tensor([[False] * 4, [False, False, True, True]])
+    ref = soft_cross_entropy(torch.log_softmax(zt, -1), torch.log_softmax(zs, -1), pad)
+    (g,) = torch.autograd.grad(ref, zs)
+    z2 = zs.detach().clone().requires_grad_()
+    zt2 = zt.clone().requires_grad_()
+    got = soft_cross_entropy_from_logits(z2, zt2, pad, chunk=3)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    got.backward()
+    torch.testing.assert_close(z2.grad, g, atol=1e-6, rtol=1e-5)
+    assert zt2.grad is None  # the teacher gets no gradient

@@ -96,6 +96,15 @@ def sdpa(q, k, v, mask, dropout_p: float, is_causal: bool) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
+def fused_linear(x: torch.Tensor, *projs: nn.Linear):
+    """Apply several Linear layers to the same input as one matmul (their weights
+    concatenated): one wide GEMM runs markedly faster on CPU than three C x C ones.
+    The parameters stay separate (fairseq's q_proj/k_proj/v_proj names)."""
+    w = torch.cat([p.weight for p in projs], dim=0)
+    b = torch.cat([p.bias for p in projs], dim=0)
+    return F.linear(x, w, b).chunk(len(projs), dim=-1)
+
+
 class MultiheadAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -124,11 +133,15 @@ class MultiheadAttention(nn.Module):
         static_kv: bool = False,
         need_weights: bool = False,
     ):
-        q = self._heads(self.q_proj(query))
+        if key is query and not static_kv:  # self-attention: one (C -> 3C) matmul
+            q, k, v = (self._heads(t) for t in fused_linear(query, self.q_proj, self.k_proj, self.v_proj))
+        else:
+            q = self._heads(self.q_proj(query))
         if cache is not None and static_kv and "k" in cache:
             k, v = cache["k"], cache["v"]
         else:
-            k, v = self._heads(self.k_proj(key)), self._heads(self.v_proj(key))
+            if key is not query or static_kv:  # cross-attention: one (C -> 2C) matmul
+                k, v = (self._heads(t) for t in fused_linear(key, self.k_proj, self.v_proj))
             if cache is not None:
                 if not static_kv and "k" in cache:
                     k = torch.cat([cache["k"], k], dim=2)

@@ -266,26 +266,37 @@ def build_embedding(num: int, dim: int, padding_idx: int) -> nn.Embedding:
     return emb
 
 
+def init_embeddings(module: nn.Module, args, dictionary, embed_tokens: nn.Embedding, max_positions: int) -> int:
+    """fairseq-named input embedding parts shared by encoder and decoder; returns the dim."""
+    dim = embed_tokens.embedding_dim
+    module.padding_idx = dictionary.pad()
+    module.embed_tokens = embed_tokens
+    module.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
+    module.embed_positions = SinusoidalPositions(dim, module.padding_idx, max_positions)
+    module.layernorm_embedding = nn.LayerNorm(dim) if args.layernorm_embedding else None
+    module.dropout = args.dropout
+    return dim
+
+
+def embed(module: nn.Module, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """(B, T) token ids -> scaled embeddings + positions start.., layernorm, dropout (B, T, C)."""
+    x = module.embed_scale * module.embed_tokens(tokens)
+    x = x + module.embed_positions(start, tokens.size(1)).to(x.dtype)
+    if module.layernorm_embedding is not None:
+        x = module.layernorm_embedding(x)
+    return dropout(x, module.dropout, module.training)
+
+
 class TransformerEncoder(nn.Module):
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
         super().__init__()
-        dim = embed_tokens.embedding_dim
-        self.padding_idx = dictionary.pad()
-        self.embed_tokens = embed_tokens
-        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
-        self.embed_positions = SinusoidalPositions(dim, self.padding_idx, args.max_source_positions)
-        self.layernorm_embedding = nn.LayerNorm(dim) if args.layernorm_embedding else None
+        dim = init_embeddings(self, args, dictionary, embed_tokens, args.max_source_positions)
         self.layers = nn.ModuleList(TransformerEncoderLayer(args) for _ in range(args.encoder_layers))
         self.layer_norm = nn.LayerNorm(dim) if args.encoder_normalize_before else None
-        self.dropout = args.dropout
 
     def forward(self, src_tokens, src_lengths=None, return_all_hiddens=False, need_attn=False):
         padding_mask = src_tokens.eq(self.padding_idx)  # (B, S)
-        x = self.embed_scale * self.embed_tokens(src_tokens)  # (B, S, C)
-        x = x + self.embed_positions(0, src_tokens.size(1)).to(x.dtype)
-        if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-        x = dropout(x, self.dropout, self.training)
+        x = embed(self, src_tokens)  # (B, S, C)
         x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
         states, attns = [], []
         for layer in self.layers:
@@ -304,15 +315,9 @@ class TransformerEncoder(nn.Module):
 class TransformerDecoder(nn.Module):
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
         super().__init__()
-        dim = embed_tokens.embedding_dim
-        self.padding_idx = dictionary.pad()
-        self.embed_tokens = embed_tokens
-        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
-        self.embed_positions = SinusoidalPositions(dim, self.padding_idx, args.max_target_positions)
-        self.layernorm_embedding = nn.LayerNorm(dim) if args.layernorm_embedding else None
+        dim = init_embeddings(self, args, dictionary, embed_tokens, args.max_target_positions)
         self.layers = nn.ModuleList(TransformerDecoderLayer(args) for _ in range(args.decoder_layers))
         self.layer_norm = nn.LayerNorm(dim) if args.decoder_normalize_before else None
-        self.dropout = args.dropout
         self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
         if args.share_decoder_input_output_embed:
             self.output_projection.weight = embed_tokens.weight
@@ -323,11 +328,7 @@ class TransformerDecoder(nn.Module):
         return DecoderCache(len(self.layers))
 
     def embed(self, prev_output_tokens, start: int = 0):  # (B, T) -> (B, T, C)
-        x = self.embed_scale * self.embed_tokens(prev_output_tokens)
-        x = x + self.embed_positions(start, prev_output_tokens.size(1)).to(x.dtype)
-        if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-        return dropout(x, self.dropout, self.training)
+        return embed(self, prev_output_tokens, start)
 
     def extract_features(self, prev_output_tokens, enc: EncoderOut, cache=None, return_all_hiddens=False, need_attn=False):
         """Returns features (B, T, C) and extras. With ``cache``, only positions not yet

@@ -5,10 +5,14 @@
     python bench/bench_speed.py generate --data data/multi30k_de_en/bin \
         --path checkpoints/multi30k_baseline/checkpoint_best.pt --precisions fp32 bf16
 
-Every figure comes from one subprocess per configuration (so peak memory is that
+    python bench/bench_speed.py ratios --criteria label_smoothed_cross_entropy \
+        "rdrop=--rdrop-alpha 5" --precision bf16 --updates 10
+
+Every ``train``/``generate`` figure comes from one subprocess per configuration (so peak memory is that
 configuration's own): ``train`` times real ``Trainer.train_step`` calls on the same
 batches (after warm-up updates) and reports target tokens/s, updates/s and peak RSS;
-``generate`` translates the split with beam 5 and reports sentences/s. With
+``generate`` translates the split with beam 5 and reports sentences/s; ``ratios`` times
+several criteria in one process, interleaved on the same batches (ratios to the first). With
 ``--append FILE`` the Markdown table is appended to FILE with the command and commit.
 """
 import argparse
@@ -60,6 +64,60 @@ def train_one(a) -> dict:
             "updates_per_s": a.updates / dt, "ms_per_update": 1000 * dt / a.updates,
             "target_tokens_per_update": ntok / a.updates, "peak_rss_mb": peak_rss_mb(),
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def build_trainer(a, crit: str, flags: str):
+    import torch
+
+    from nmt_sd.options import parse_training_args
+    from nmt_sd.tasks import TranslationTask
+    from nmt_sd.training.trainer import Trainer
+
+    argv = [a.data, "--arch", a.arch, "--share-all-embeddings", "--max-tokens", str(a.max_tokens),
+            "--max-update", "1000", "--label-smoothing", "0.1", "--criterion", crit,
+            "--dropout", str(a.dropout), *a.extra.split(), *flags.split()]
+    if a.precision == "bf16":
+        argv.append("--bf16")
+    args = parse_training_args(argv)
+    torch.manual_seed(1)
+    task = TranslationTask.setup_task(args)
+    model, criterion = task.build_model(args), task.build_criterion(args)
+    return task, Trainer(args, task, model, criterion, torch.device("cpu"))
+
+
+def ratios(a) -> list:
+    """Step time of every criterion on the same batches, interleaved in one process (so
+    machine-speed drift hits all criteria alike); median ms per update and ratio to the first."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    specs = [spec.partition("=")[::2] for spec in a.criteria]
+    built = [build_trainer(a, crit, flags) for crit, flags in specs]
+    task = built[0][0]
+    ds = task.load_dataset("train")
+    itr = task.get_batch_iterator(ds, a.max_tokens, None, built[0][1].model.max_positions(), 1, True, 1, 0, 8)
+    gen = itr.next_epoch_itr()
+    batches = [next(gen) for _ in range(a.warmup + a.updates)]
+    times = [[] for _ in specs]
+    for i, b in enumerate(batches):
+        for j, (_, trainer) in enumerate(built):
+            t0 = time.perf_counter()
+            trainer.train_step([b])
+            if i >= a.warmup:
+                times[j].append(time.perf_counter() - t0)
+    base = statistics.median(times[0])
+    ntok = statistics.mean(b["ntokens"] for b in batches[a.warmup :])
+    return [{"criterion": crit, "flags": flags, "precision": a.precision, "arch": a.arch,
+             "ms_per_update": 1000 * statistics.median(t), "ratio": statistics.median(t) / base,
+             "tokens_per_s": ntok / statistics.median(t)} for (crit, flags), t in zip(specs, times)]
+
+
+RATIO_COLS = [("arch", lambda r: r["arch"]), ("criterion", lambda r: r["criterion"]),
+              ("flags", lambda r: f"`{r['flags']}`" if r["flags"] else ""), ("precision", lambda r: r["precision"]),
+              ("median ms/update", lambda r: f"{r['ms_per_update']:.0f}"), ("tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"),
+              ("ratio to first", lambda r: f"{r['ratio']:.2f}")]
 
 
 def generate_one(a) -> dict:
@@ -117,7 +175,7 @@ GEN_COLS = [("subset", lambda r: r["subset"]), ("beam", lambda r: str(r["beam"])
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["train", "generate"])
+    p.add_argument("mode", choices=["train", "generate", "ratios"])
     p.add_argument("--data", default=os.path.join(REPO, "data/multi30k_de_en/bin"))
     p.add_argument("--archs", nargs="+", default=["transformer_cpu"])
     p.add_argument("--arch", default="transformer_cpu")
@@ -141,7 +199,9 @@ def main():
     if a.child:
         print(json.dumps(train_one(a) if a.mode == "train" else generate_one(a)))
         return
-    if a.mode == "train":
+    if a.mode == "ratios":
+        text = table(ratios(a), RATIO_COLS)
+    elif a.mode == "train":
         rows = []
         for arch in a.archs:
             for spec in a.criteria:

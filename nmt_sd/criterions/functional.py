@@ -239,9 +239,14 @@ def symmetric_kl_from_logits(
 
 def _xdiv_chunk(zs, kind: str, need_grad: bool):
     """X/JS divergence rows (c,) of K logit chunks (c, V), and d rows / d z_i if asked."""
-    k = len(zs)
     a = torch.stack([torch.log_softmax(z.float(), -1) for z in zs])  # (K, c, V)
-    p = a.exp()
+    return _xdiv_from_lprobs(a, a.exp(), kind, need_grad)
+
+
+def _xdiv_from_lprobs(a, p, kind: str, need_grad: bool):
+    """X/JS divergence rows (c,) from log-probs ``a`` and probs ``p`` (K, c, V) float32,
+    and d rows / d logits (K, c, V) if asked."""
+    k = a.size(0)
     m = p.mean(0)  # (c, V) p_bar
     if kind == "x":  # the log p_bar terms cancel: X = 1/K sum_j sum_v (p_j - p_bar) a_j
         a_bar = a.mean(0)
@@ -333,3 +338,95 @@ def soft_cross_entropy_from_logits(
     v = student_logits.size(-1)
     keep = ~pad_mask.reshape(-1)
     return _SoftCEFromLogits.apply(student_logits.reshape(-1, v), teacher_logits.detach().reshape(-1, v), keep, chunk)
+
+
+class _MultiPassCE(torch.autograd.Function):
+    """K passes' label-smoothed CE (summed over passes) and their X/JS divergence in one
+    chunked sweep: each chunk's log-softmax is computed once for both, and the gradient
+    lands in one (K, N, V) tensor (no per-pass gradient copies to concatenate)."""
+
+    @staticmethod
+    def forward(ctx, z, target, keep, epsilon: float, kind, chunk: int):
+        k, n, vocab = z.shape
+        eps_i = epsilon / (vocab - 1)
+        lse = torch.empty(k, n, dtype=torch.float32, device=z.device)
+        nll = torch.zeros((), dtype=torch.float32, device=z.device)
+        smooth, div = torch.zeros_like(nll), torch.zeros_like(nll)
+        for s in range(0, n, chunk):
+            zc = z[:, s : s + chunk].float()  # (K, c, V)
+            a = torch.log_softmax(zc, -1)
+            lse[:, s : s + chunk] = zc[..., 0] - a[..., 0]  # log-sum-exp, kept for backward
+            t = target[s : s + chunk]
+            drop = ~keep[s : s + chunk]
+            gold = a.gather(-1, t.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1)  # (K, c)
+            nll -= gold.masked_fill(drop, 0.0).sum()
+            smooth -= a.sum(-1).masked_fill(drop, 0.0).sum()
+            if kind == "x":  # X = 1/K sum_i sum_v (p_i - p_bar) a_i (exactly 0 for equal passes)
+                p = a.exp()
+                rows = p.sub_(p.mean(0, keepdim=True)).mul_(a).sum((0, -1))  # (c,)
+                div += rows.masked_fill(drop, 0.0).sum() / k
+            elif kind == "js":
+                rows, _ = _xdiv_from_lprobs(a, a.exp(), kind, False)
+                div += rows.masked_fill(drop, 0.0).sum()
+        ctx.save_for_backward(z, target, keep, lse)
+        ctx.params = (epsilon, kind, chunk)
+        loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
+        return loss, nll, div
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll, grad_div):
+        z, target, keep, lse = ctx.saved_tensors
+        epsilon, kind, chunk = ctx.params
+        k, n, vocab = z.shape
+        eps_i = epsilon / (vocab - 1)
+        g_gold = grad_loss * (1.0 - epsilon - eps_i) + grad_nll  # weight on -log p(gold)
+        g_all = grad_loss * eps_i  # weight on -log p(v), every v
+        g_ce = g_gold + g_all * vocab  # CE: d/dz = g_ce p - g_all - g_gold onehot
+        gd = grad_div / k
+        grad = torch.empty_like(z)
+        for s in range(0, n, chunk):
+            t = target[s : s + chunk]
+            a = z[:, s : s + chunk].float().sub_(lse[:, s : s + chunk].unsqueeze(-1))  # (K, c, V)
+            p = a.exp()
+            if kind == "x":
+                # d X / d z_i = (1/K) [p_i (a_i - a_bar + 1 - s_i) - p_bar], s_i = sum_v p_i (a_i - a_bar)
+                a.sub_(a.mean(0, keepdim=True))  # a_i - a_bar, in place
+                s_i = (p * a).sum(-1, keepdim=True)  # (K, c, 1)
+                g = a.mul_(gd).add_(g_ce + gd * (1.0 - s_i)).mul_(p)
+                g.sub_(p.mean(0, keepdim=True).mul_(gd))
+            elif kind == "js":
+                _, g_div = _xdiv_from_lprobs(a, p, kind, True)
+                g = p.mul(g_ce).add_(g_div.mul_(grad_div))
+            else:
+                g = p.mul_(g_ce)
+            g.sub_(g_all)
+            g.scatter_add_(-1, t.view(1, -1, 1).expand(k, -1, 1), (-g_gold).expand(k, t.size(0), 1).to(g.dtype))
+            g.masked_fill_(~keep[s : s + chunk].view(1, -1, 1), 0.0)
+            grad[:, s : s + chunk] = g
+        return grad, None, None, None, None, None
+
+
+def multi_pass_ce_from_logits(
+    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int,
+    divergence=None, chunk: int = 32,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Label-smoothed CE of K passes and their divergence to the mean, fused.
+
+    Values and gradients equal ``sum_i label_smoothed_nll_loss(log_softmax(z_i), ...)``
+    and ``x_divergence([log_softmax(z_i)], pad, divergence)``; R-Drop's symmetric KL is
+    twice the X-divergence of its two passes.
+
+    Args:
+        logits: (K, B, T, V) or (K, N, V), any float dtype (pass a view of the
+            concatenated forward's output to avoid a copy).
+        target: (B, T) or (N,) gold indices; ``ignore_index`` rows are excluded.
+        divergence: "x", "js" or None (CE only; the returned divergence is 0).
+    Returns:
+        (loss, nll_loss, divergence) scalar float32 sums; loss and nll summed over passes.
+    """
+    if divergence not in (None, "x", "js"):
+        raise ValueError(f"unknown divergence {divergence!r} (x or js)")
+    k, v = logits.size(0), logits.size(-1)
+    flat_t = target.reshape(-1)
+    keep = flat_t.ne(ignore_index)
+    return _MultiPassCE.apply(logits.reshape(k, -1, v), flat_t, keep, epsilon, divergence, chunk)

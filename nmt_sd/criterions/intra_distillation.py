@@ -36,7 +36,7 @@ class IntraDistillationTerm(Term):
 
     def __init__(self, k, alpha, divergence, adaptive, p, q, n, pass_mode, padding_idx):
         super().__init__()
-        self.n_passes, self.alpha, self.divergence = k, alpha, divergence
+        self.n_passes, self.alpha, self.divergence = k, alpha, divergence  # divergence: fused with the CE
         self.adaptive, self.p, self.q, self.n = adaptive, p, q, n
         self.pass_mode, self.padding_idx = pass_mode, padding_idx
 
@@ -77,6 +77,9 @@ class IntraDistillationTerm(Term):
         pad_mask = sample["target"].eq(self.padding_idx)  # (B, T)
         # from the logits (chunked, analytic gradients): no float32 (K, B, T, V) copies kept
         x = x_divergence_from_logits([p.logits for p in passes], pad_mask, self.divergence)
+        return self.from_divergence(x, sample, num_updates)
+
+    def from_divergence(self, x, sample, num_updates: int):
         alpha = self.alpha_at(num_updates)
         # alpha logged token-weighted, so the per-token reduction gives its mean
         return alpha * x, {"intra_x": x.detach(), "intra_alpha": alpha * sample["ntokens"]}

@@ -17,7 +17,12 @@ import torch
 import torch.nn as nn
 
 from nmt_sd.criterions import CRITERIONS, Criterion
-from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss, label_smoothed_nll_loss, log_probs
+from nmt_sd.criterions.functional import (
+    fused_label_smoothed_nll_loss,
+    label_smoothed_nll_loss,
+    log_probs,
+    multi_pass_ce_from_logits,
+)
 from nmt_sd.errors import NmtSdError
 from nmt_sd.registry import Registry
 
@@ -34,6 +39,14 @@ class Term(nn.Module):
     pass_mode: str = "concat"  # "concat" (one forward on K copies) or "sequential"
     needs_hiddens: bool = False  # passes must carry encoder_states / inner_states
     needs_attn: bool = False  # passes must carry per-layer attention maps
+    # a consistency term whose value is a divergence of the passes to their mean ("x" or
+    # "js") names it here and implements ``from_divergence``: the objective then computes
+    # it in the same fused sweep as the CE (one log-softmax per chunk, one gradient tensor)
+    divergence: Optional[str] = None
+
+    def from_divergence(self, div: torch.Tensor, sample, num_updates: int):
+        """(loss sum, logs) of this term given the passes' divergence sum ``div``."""
+        raise NotImplementedError
 
     @staticmethod
     def add_args(parser) -> None:
@@ -57,6 +70,7 @@ class Pass:
     logits: torch.Tensor
     extra: Dict = field(default_factory=dict)
     _lprobs: Optional[torch.Tensor] = None
+    group: Optional[torch.Tensor] = None  # (K*B, T, V) concatenated forward these logits come from
 
     @property
     def lprobs(self) -> torch.Tensor:  # (B, T, V) float32
@@ -87,7 +101,16 @@ def run_passes(model, net_input: Dict, k: int, mode: str, **model_kw) -> List[Pa
         return [Pass(*model(**net_input, **model_kw)) for _ in range(k)]
     rep = {name: t.repeat(k, *([1] * (t.dim() - 1))) for name, t in net_input.items()}
     logits, extra = model(**rep, **model_kw)  # (K*B, T, V)
-    return [Pass(logits.chunk(k, dim=0)[i], split_batch(extra, k, i)) for i in range(k)]
+    return [Pass(logits.chunk(k, dim=0)[i], split_batch(extra, k, i), group=logits) for i in range(k)]
+
+
+def stacked_logits(passes: List[Pass]) -> torch.Tensor:
+    """(K, B, T, V) logits of the passes: a view of the concatenated forward when they
+    share one, else a stacked copy."""
+    group = passes[0].group
+    if group is not None and all(p.group is group for p in passes):
+        return group.view(len(passes), *passes[0].logits.shape)
+    return torch.stack([p.logits for p in passes])
 
 
 def register_preset(name: str, terms: List[str]) -> None:
@@ -149,9 +172,15 @@ class Objective(Criterion):
             kw["need_attn"] = True
         passes = run_passes(model, sample["net_input"], k, mode, **kw)
         need_lp = any(t.needs_lprobs for t in terms)
-        ce_parts = [self.ce(p, sample["target"], need_lp) for p in passes]
-        ce_loss = sum(c[0] for c in ce_parts)
-        nll = sum(c[1] for c in ce_parts) / k
+        fused = k > 1 and not need_lp and self.consistency.divergence is not None
+        if fused:  # CE of every pass and the consistency divergence in one sweep
+            ce_loss, nll, div = multi_pass_ce_from_logits(
+                stacked_logits(passes), sample["target"], self.eps, self.padding_idx, self.consistency.divergence)
+            nll = nll / k
+        else:
+            ce_parts = [self.ce(p, sample["target"], need_lp) for p in passes]
+            ce_loss = sum(c[0] for c in ce_parts)
+            nll = sum(c[1] for c in ce_parts) / k
         if k > 1 and self.consistency.ce_reduction == "mean":
             ce_loss = ce_loss / k
         scale = math.prod(t.ce_scale for t in terms)
@@ -159,7 +188,10 @@ class Objective(Criterion):
         ntokens = sample["ntokens"]
         logs = {"nll_loss": nll.detach(), "ntokens": ntokens, "nsentences": sample["nsentences"], "sample_size": ntokens}
         for t in terms:
-            t_loss, t_logs = t(model, sample, passes, self.num_updates)
+            if fused and t is self.consistency:
+                t_loss, t_logs = t.from_divergence(div, sample, self.num_updates)
+            else:
+                t_loss, t_logs = t(model, sample, passes, self.num_updates)
             loss = loss + t_loss
             logs.update(t_logs)
         logs["loss"] = loss.detach()

@@ -16,6 +16,7 @@ from nmt_sd.criterions.objective import TERMS, Term, register_preset
 class RDropTerm(Term):
     n_passes = 2
     consistency = True
+    divergence = "x"  # symmetric KL = 2 X-divergence of the two passes (fused with the CE)
 
     def __init__(self, alpha: float, ce_reduction: str, pass_mode: str, padding_idx: int):
         super().__init__()
@@ -39,6 +40,10 @@ class RDropTerm(Term):
         pad_mask = sample["target"].eq(self.padding_idx)  # (B, T)
         # straight from the logits (chunked, analytic gradient): no float32 (B, T, V) copies
         kl = symmetric_kl_from_logits(passes[0].logits, passes[1].logits, pad_mask)
+        return self.alpha * kl, {"rdrop_kl": kl.detach()}
+
+    def from_divergence(self, div, sample, num_updates: int):
+        kl = 2.0 * div  # 1/2 sum (p-q)(log p - log q) = 2 * 1/2 sum_i (p_i - p_bar) log p_i
         return self.alpha * kl, {"rdrop_kl": kl.detach()}
 
 

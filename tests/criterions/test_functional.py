@@ -81,3 +81,34 @@ def test_fused_soft_cross_entropy_matches_reference():
     got.backward()
     torch.testing.assert_close(z2.grad, g, atol=1e-6, rtol=1e-5)
     assert zt2.grad is None  # the teacher gets no gradient
+
+
+@pytest.mark.parametrize("kind", ["x", "js", None])
+@pytest.mark.parametrize("k", [2, 3])
+def test_multi_pass_ce_matches_separate_ce_and_divergence(kind, k):
+    """The fused sweep = sum of the passes' LS-CE and the divergence, values and grads."""
+    from nmt_sd.criterions.functional import multi_pass_ce_from_logits, x_divergence
+
+    z = (torch.randn(k, 2, 5, 11, dtype=torch.float64) * 2).requires_grad_()
+    target = torch.tensor([[3, 4, 5, 6, 2], [7, 8, 2, 1, 1]])  # 1 = pad
+    lp = torch.log_softmax(z, -1)
+    parts = [label_smoothed_nll_loss(lp[i].reshape(-1, 11), target.reshape(-1), 0.1, 1) for i in range(k)]
+    ref = (sum(p[0] for p in parts), sum(p[1] for p in parts),
+           x_divergence(list(lp), target.eq(1), kind) if kind else torch.zeros((), dtype=torch.float64))
+    w = (0.7, 0.3, 2.5)
+    ref_g, = torch.autograd.grad(sum(wi * r for wi, r in zip(w, ref)), z)
+    z2 = z.detach().clone().requires_grad_()
+    got = multi_pass_ce_from_logits(z2, target, 0.1, 1, kind, chunk=3)
+    for g, r in zip(got, ref):
+        assert g.item() == pytest.approx(r.item(), rel=1e-5, abs=1e-6)
+    sum(wi * g for wi, g in zip(w, got)).backward()
+    torch.testing.assert_close(z2.grad, ref_g.to(z2.grad.dtype), atol=1e-6, rtol=1e-5)
+    assert z2.grad[:, target.eq(1)].abs().max() == 0
+
+
+def test_multi_pass_x_divergence_is_zero_for_equal_passes():
+    from nmt_sd.criterions.functional import multi_pass_ce_from_logits
+
+    z = torch.randn(1, 3, 4, 9).to(torch.bfloat16).expand(3, 3, 4, 9)
+    _, _, div = multi_pass_ce_from_logits(z, torch.full((3, 4), 5), 0.1, 1, "x")
+    assert div.item() == pytest.approx(0.0, abs=1e-6)  # up to float32 rounding of the mean

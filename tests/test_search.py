@@ -54,7 +54,7 @@ class TableDecoder(nn.Module):
     def init_cache(self) -> StatelessCache:
         return StatelessCache()
 
-    def forward(self, prev_output_tokens, enc, cache):
+    def forward(self, prev_output_tokens, enc, cache, need_attn=False):
         self.batch_sizes.append(prev_output_tokens.size(0))
         key = enc.out[:, 0, 0].long()  # the first source token names the sentence
         step = prev_output_tokens.size(1) - 1
@@ -234,7 +234,7 @@ class ToyDecoder(nn.Module):
     def init_cache(self) -> ToyCache:
         return ToyCache()
 
-    def forward(self, prev_output_tokens, enc, cache):
+    def forward(self, prev_output_tokens, enc, cache, need_attn=False):
         # the search must pass the full prefix, starting with </s>
         assert prev_output_tokens.size(1) == cache.steps + 1
         assert bool(prev_output_tokens[:, 0].eq(EOS).all())

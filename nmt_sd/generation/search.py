@@ -9,8 +9,10 @@ Model protocol (what ``nmt_sd/models/transformer.py`` provides)::
 
     enc = model.encoder(src_tokens, src_lengths)  # EncoderOut(out, padding_mask)
     enc = model.reorder_encoder_out(enc, new_order)  # index_select on dim 0
+    decoder.groups_beam_rows  # optional: True = one encoder row per sentence in beam search
     cache = model.decoder.init_cache()  # has .reorder(new_order), in place
     logits, extra = model.decoder(prev_output_tokens, enc, cache=cache)
+    # with return_attn: model.decoder(..., need_attn=True) must give extra["attn"]
     model.max_decoder_positions()  # int
 
 prev_output_tokens (N, t) is the full prefix, starting with </s>. With a cache only the
@@ -118,7 +120,8 @@ def _decode_step(
     Returns:
         lprobs (N, V) float32, and attn (N, S) float32 or None.
     """
-    logits, extra = model.decoder(prefix, enc, cache=cache)
+    kw = {"need_attn": True} if want_attn else {}  # decoders compute attention on request
+    logits, extra = model.decoder(prefix, enc, cache=cache, **kw)
     lprobs = torch.log_softmax(logits[:, -1, :].float(), dim=-1)  # (N, V)
     attn = extra.get("attn") if (want_attn and extra) else None
     if attn is not None:
@@ -295,7 +298,7 @@ def _advance_beams(
 
 
 def _init_beam_state(
-    max_len: Tensor, beam: int, src_len: int, eos: int, pad: int, with_attn: bool
+    max_len: Tensor, beam: int, src_len: int, bos: int, pad: int, with_attn: bool
 ) -> tuple[dict[str, Tensor], _Finished]:
     """Active-batch tensors, one row per (sentence, beam) pair (N = B * K at first),
     and the empty store of finished hypotheses.
@@ -306,7 +309,7 @@ def _init_beam_state(
     bsz, device = max_len.size(0), max_len.device
     width = int(max_len.max()) + 1  # generated tokens, including the final </s>
     tokens = torch.full((bsz * beam, width + 1), pad, dtype=torch.long, device=device)
-    tokens[:, 0] = eos  # decoding starts from </s>, fairseq's convention
+    tokens[:, 0] = bos  # decoding starts from </s> (fairseq's convention) or a language tag
     # the K beams start identical: only beam 0 may expand at step 0
     cum_scores = torch.full((bsz, beam), -math.inf, device=device)
     cum_scores[:, 0] = 0.0
@@ -351,6 +354,7 @@ def beam_search(
     eos: int = 2,
     pad: int = 1,
     unk: int = 3,
+    bos: int | None = None,
     return_attn: bool = False,
 ) -> list[list[Hypothesis]]:
     """Batched beam search; each sentence gets what it would get decoded alone.
@@ -361,6 +365,8 @@ def beam_search(
         max_len_a, max_len_b: max output length a * src_len + b, per sentence.
         return_attn: add ``attention`` (S_i, L) and ``alignment`` (L,) to each
             hypothesis when the decoder returns cross-attention.
+        bos: the decoder's start symbol (default ``eos``, fairseq's convention; a
+            target-language tag under ``--decoder-langtok``).
     Returns:
         For each sentence in input order, up to ``nbest`` hypotheses sorted by score
         (desc): {"tokens": (L,) long ending in </s>, "score": float,
@@ -369,14 +375,19 @@ def beam_search(
     _check_args(beam, nbest, src_tokens, src_lengths)
     bsz, src_len = src_tokens.shape
     max_len = max_lengths(model, src_lengths, max_len_a, max_len_b)  # (B,)
-    state, fin = _init_beam_state(max_len, beam, src_len, eos, pad, return_attn)
+    state, fin = _init_beam_state(max_len, beam, src_len, eos if bos is None else bos, pad, return_attn)
     constraints = dict(
         min_len=min_len, unk_penalty=unk_penalty, eos=eos, pad=pad, unk=unk
     )
     with _decoding_mode(model):
-        enc = model.encoder(src_tokens, src_lengths)
-        rows = torch.arange(bsz, device=src_tokens.device).repeat_interleave(beam)
-        enc = model.reorder_encoder_out(enc, rows)  # (B * K, S, C)
+        enc = model.encoder(src_tokens, src_lengths)  # (B, S, C)
+        # a decoder that sets ``groups_beam_rows`` takes one encoder row per sentence and
+        # groups the K beam rows onto it (cross-attention K/V computed and kept once);
+        # any other decoder gets the encoder output repeated per beam
+        grouped = getattr(model.decoder, "groups_beam_rows", False)
+        if not grouped:
+            rows = torch.arange(bsz, device=src_tokens.device).repeat_interleave(beam)
+            enc = model.reorder_encoder_out(enc, rows)  # (B * K, S, C)
         cache = model.decoder.init_cache()
         for step in range(state["pos_scores"].size(1)):
             prefix = state["tokens"][:, : step + 1]  # (N, step + 1)
@@ -388,9 +399,17 @@ def beam_search(
             new_order = _advance_beams(state, fin, lprobs, step, cands)
             if new_order is None:
                 break
-            cache.reorder(new_order)
-            if new_order.numel() < lprobs.size(0):  # sentences left: shrink the batch
-                enc = model.reorder_encoder_out(enc, new_order)
+            shrink = new_order.numel() < lprobs.size(0)  # sentences left the batch
+            if not grouped:
+                cache.reorder(new_order)
+                if shrink:
+                    enc = model.reorder_encoder_out(enc, new_order)
+                continue
+            cache.reorder(new_order, parts=("self",))
+            if shrink:
+                sent_order = new_order.view(-1, beam)[:, 0] // beam  # (B'',) old sentence rows
+                cache.reorder(sent_order, parts=("cross",))
+                enc = model.reorder_encoder_out(enc, sent_order)
     return _to_hypotheses(fin, nbest, src_lengths)
 
 
@@ -407,6 +426,7 @@ def greedy_search(
     eos: int = 2,
     pad: int = 1,
     unk: int = 3,
+    bos: int | None = None,
     return_attn: bool = False,
 ) -> list[list[Hypothesis]]:
     """Batched greedy (argmax) decoding, with the same constraints and output format as
@@ -419,7 +439,7 @@ def greedy_search(
     width = int(max_len.max()) + 1
     fin = _Finished.empty(bsz, 1, width, src_len, pad, return_attn, device)
     prefix = torch.full((bsz, width + 1), pad, dtype=torch.long, device=device)
-    prefix[:, 0] = eos  # (B', width + 1)
+    prefix[:, 0] = eos if bos is None else bos  # (B', width + 1)
     sent_ids = torch.arange(bsz, device=device)  # (B',) input index of active rows
     constraints = dict(
         min_len=min_len, unk_penalty=unk_penalty, eos=eos, pad=pad, unk=unk

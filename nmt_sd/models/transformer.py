@@ -35,11 +35,15 @@ class DecoderCache:
         k = self.layers[0]["self"].get("k") if self.layers else None
         return 0 if k is None else k.size(2)
 
-    def reorder(self, new_order: torch.Tensor) -> None:
+    def reorder(self, new_order: torch.Tensor, parts=("self", "cross")) -> None:
+        """index_select the cached K/V of ``parts`` on the batch dim. Beam search keeps
+        the cross K/V one row per sentence (shared by its beams), so it reorders "self"
+        every step and "cross" only when sentences leave the batch."""
         for layer in self.layers:
-            for part in layer.values():
-                for name in part:
-                    part[name] = part[name].index_select(0, new_order)
+            for part in parts:
+                cached = layer[part]
+                for name in cached:
+                    cached[name] = cached[name].index_select(0, new_order)
 
 
 def sinusoidal_table(num_positions: int, dim: int, padding_idx: int) -> torch.Tensor:
@@ -105,6 +109,20 @@ def fused_linear(x: torch.Tensor, *projs: nn.Linear):
     return F.linear(x, w, b).chunk(len(projs), dim=-1)
 
 
+def _group_rows(q: torch.Tensor, group: int) -> torch.Tensor:
+    """(B * G, H, Tq, D) -> (B, H, G * Tq, D): the queries of G consecutive rows (a
+    sentence's beams) become one row's queries, to attend to that sentence's keys once.
+    Only for attention without a causal mask (cross-attention)."""
+    bg, h, tq, d = q.shape
+    return q.view(bg // group, group, h, tq, d).transpose(1, 2).reshape(bg // group, h, group * tq, d)
+
+
+def _ungroup_rows(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Inverse of ``_group_rows``: (B, H, G * Tq, D) -> (B * G, H, Tq, D)."""
+    b, h, gt, d = x.shape
+    return x.view(b, h, group, gt // group, d).transpose(1, 2).reshape(b * group, h, gt // group, d)
+
+
 class MultiheadAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -153,11 +171,17 @@ class MultiheadAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         # with a cache the single new query may see every cached step: no causal mask
         is_causal = causal and q.size(2) > 1
+        group = q.size(0) // k.size(0)  # > 1: G query rows (beams) share one key row
+        if group > 1:
+            q = _group_rows(q, group)  # (B, H, G * Tq, D)
         if need_weights:
             out, weights = self._attention_with_weights(q, k, v, mask, is_causal, p)
         else:
             out = sdpa(q, k, v, mask, p, is_causal)
             weights = None
+        if group > 1:
+            out = _ungroup_rows(out, group)  # (B * G, H, Tq, D)
+            weights = None if weights is None else weights.reshape(out.size(0), -1, weights.size(-1))
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)  # (B, Tq, C)
         return self.out_proj(out), weights
 
@@ -313,6 +337,10 @@ class TransformerEncoder(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
+    # beam search may pass one encoder row per sentence for its K beam rows: the
+    # cross-attention groups them (see MultiheadAttention), so K/V are computed once
+    groups_beam_rows = True
+
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
         super().__init__()
         dim = init_embeddings(self, args, dictionary, embed_tokens, args.max_target_positions)

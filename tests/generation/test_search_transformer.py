@@ -49,3 +49,19 @@ def test_beam_scores_are_model_log_probs(model_and_batch):
     lp = torch.log_softmax(logits.float(), -1)[0].gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(hyps[0][0]["positional_scores"], lp, atol=1e-5, rtol=1e-5)
     assert hyps[0][0]["score"] == pytest.approx(lp.sum().item(), abs=1e-4)
+
+
+@pytest.mark.parametrize("beam", [3, 5])
+def test_grouped_cross_attention_equals_repeated_encoder_rows(model_and_batch, beam, monkeypatch):
+    """One encoder row per sentence (beams grouped in cross-attention) gives the same
+    hypotheses, scores and attention as the encoder output repeated per beam."""
+    model, d, net = model_and_batch
+    kw = dict(beam=beam, nbest=beam, max_len_a=1.0, max_len_b=5, return_attn=True, **special_ids(d))
+    grouped = beam_search(model, net["src_tokens"], net["src_lengths"], **kw)
+    monkeypatch.setattr(type(model.decoder), "groups_beam_rows", False)
+    repeated = beam_search(model, net["src_tokens"], net["src_lengths"], **kw)
+    for hs_g, hs_r in zip(grouped, repeated):
+        assert [h["tokens"].tolist() for h in hs_g] == [h["tokens"].tolist() for h in hs_r]
+        for hg, hr in zip(hs_g, hs_r):
+            assert hg["score"] == pytest.approx(hr["score"], abs=1e-5)
+            torch.testing.assert_close(hg["attention"], hr["attention"], atol=1e-5, rtol=1e-5)

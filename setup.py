@@ -24,6 +24,7 @@ setup(
             "nmt-sd-score = nmt_sd.cli.score:cli_main",
             "nmt-sd-average-checkpoints = nmt_sd.cli.average_checkpoints:cli_main",
             "nmt-sd-seqkd = nmt_sd.cli.seqkd:cli_main",
+            "nmt-sd-ablate = nmt_sd.cli.ablate:cli_main",
         ]
     },
 )

@@ -8,11 +8,16 @@
     python bench/bench_speed.py ratios --criteria label_smoothed_cross_entropy \
         "rdrop=--rdrop-alpha 5" --precision bf16 --updates 10
 
+    python bench/bench_speed.py ratios --data data/multi30k_multi/bin --criteria \
+        label_smoothed_cross_entropy "lssd=--lssd-weight 2.5" --precision bf16 \
+        --extra "--task multilingual_translation --lang-pairs de-en,fr-en,cs-en --encoder-langtok src --decoder-langtok"
+
 Every ``train``/``generate`` figure comes from one subprocess per configuration (so peak memory is that
 configuration's own): ``train`` times real ``Trainer.train_step`` calls on the same
 batches (after warm-up updates) and reports target tokens/s, updates/s and peak RSS;
 ``generate`` translates the split with beam 5 and reports sentences/s; ``ratios`` times
-several criteria in one process, interleaved on the same batches (ratios to the first). With
+several criteria in one process, interleaved on the same batches (ratios to the first; LSSD
+is timed with every batch distilled, its worst case). With
 ``--append FILE`` the Markdown table is appended to FILE with the command and commit.
 """
 import argparse
@@ -34,21 +39,22 @@ def train_one(a) -> dict:
     import torch
 
     from nmt_sd.options import parse_training_args
-    from nmt_sd.tasks import TranslationTask
+    from nmt_sd.tasks import TASKS
     from nmt_sd.training.trainer import Trainer
 
     argv = [a.data, "--arch", a.arch, "--share-all-embeddings", "--max-tokens", str(a.max_tokens),
-            "--max-update", "1", "--label-smoothing", "0.1", "--criterion", a.criterion,
+            "--max-update", "1", "--label-smoothing", "0.1", "--criterion", a.criterion, "--no-save",
             "--dropout", str(a.dropout), *a.extra.split()]
     if a.precision == "bf16":
         argv.append("--bf16")
     args = parse_training_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    task = TranslationTask.setup_task(args)
+    task = TASKS.get(args.task).setup_task(args)
     ds = task.load_dataset("train")
     model, crit = task.build_model(args), task.build_criterion(args)
     trainer = Trainer(args, task, model, crit, torch.device("cpu"))
+    prime_teachers(task, trainer)
     itr = task.get_batch_iterator(ds, a.max_tokens, None, model.max_positions(), 1, True, 1, 0, 8)
     gen = itr.next_epoch_itr()
     batches = [next(gen) for _ in range(a.warmup + a.updates)]
@@ -70,19 +76,29 @@ def build_trainer(a, crit: str, flags: str):
     import torch
 
     from nmt_sd.options import parse_training_args
-    from nmt_sd.tasks import TranslationTask
+    from nmt_sd.tasks import TASKS
     from nmt_sd.training.trainer import Trainer
 
     argv = [a.data, "--arch", a.arch, "--share-all-embeddings", "--max-tokens", str(a.max_tokens),
-            "--max-update", "1000", "--label-smoothing", "0.1", "--criterion", crit,
+            "--max-update", "1000", "--label-smoothing", "0.1", "--criterion", crit, "--no-save",
             "--dropout", str(a.dropout), *a.extra.split(), *flags.split()]
     if a.precision == "bf16":
         argv.append("--bf16")
     args = parse_training_args(argv)
     torch.manual_seed(1)
-    task = TranslationTask.setup_task(args)
+    task = TASKS.get(args.task).setup_task(args)  # e.g. --extra "--task multilingual_translation ..."
     model, criterion = task.build_model(args), task.build_criterion(args)
-    return task, Trainer(args, task, model, criterion, torch.device("cpu"))
+    trainer = Trainer(args, task, model, criterion, torch.device("cpu"))
+    prime_teachers(task, trainer)
+    return task, trainer
+
+
+def prime_teachers(task, trainer) -> None:
+    """Worst case for criteria with per-language teachers (LSSD): every language gets its
+    teacher at epoch 1 and every batch of epoch 3 is distilled (a no-op for the others)."""
+    pairs = getattr(task, "pair_names", None) or [f"{task.args.source_lang}-{task.args.target_lang}"]
+    trainer.criterion.on_validation_end(1, {p: {"loss": 1.0} for p in pairs}, trainer.model, True)
+    trainer.criterion.on_epoch_begin(3, trainer.model)
 
 
 def ratios(a) -> list:

@@ -136,8 +136,13 @@ def parse_training_args(argv=None):
     from nmt_sd.criterions import CRITERIONS
     from nmt_sd.models import add_model_args, apply_arch_preset
 
+    from nmt_sd.tasks import TASKS
+
     p = get_training_parser()
     known, _ = p.parse_known_args(argv)
+    task = TASKS.get(known.task)
+    if hasattr(task, "add_args"):
+        task.add_args(p)
     add_model_args(p)
     crit = CRITERIONS.get(known.criterion)
     crit.add_args(p)
@@ -164,6 +169,8 @@ def check_training_args(args) -> None:
         raise NmtSdError("--best-checkpoint-metric bleu needs --eval-bleu")
     if args.num_threads is not None and args.num_threads < 1:
         raise NmtSdError("--num-threads must be >= 1")
+    if getattr(args, "lang_pairs", None) is not None and (args.source_lang or args.target_lang):
+        raise NmtSdError("-s/-t select one pair for generation; multilingual training uses every --lang-pairs pair")
     args.save_dir = os.path.abspath(args.save_dir)
 
 

@@ -27,6 +27,27 @@ def infer_language_pair(data: str):
     return None, None
 
 
+def make_batches(dataset, indices: np.ndarray, max_tokens: Optional[int], max_sentences: Optional[int],
+                 max_positions, required_batch_size_multiple: int, skip_invalid: bool):
+    """Drop examples over the position / token limits (or refuse them), then group the
+    length-sorted ``indices`` into token-budget batches."""
+    keep = dataset.src_sizes[indices] <= max_positions[0]
+    if dataset.tgt_sizes is not None:
+        keep &= dataset.tgt_sizes[indices] <= max_positions[1]
+    if max_tokens:
+        keep &= np.array([dataset.num_tokens(int(i)) <= max_tokens for i in indices], bool)
+    if not keep.all():
+        bad = indices[~keep]
+        if not skip_invalid:
+            raise NmtSdError(
+                f"{len(bad)} examples exceed max positions {max_positions} or --max-tokens "
+                f"{max_tokens} (first: example {int(bad[0])})"
+            )
+        logger.warning(f"skipping {len(bad)} examples longer than the limits, e.g. {bad[:5].tolist()}")
+        indices = indices[keep]
+    return batch_by_size(indices, dataset.num_tokens, max_tokens, max_sentences, required_batch_size_multiple)
+
+
 @TASKS.register("translation")
 class TranslationTask:
     def __init__(self, args, src_dict: Dictionary, tgt_dict: Dictionary):
@@ -86,24 +107,8 @@ class TranslationTask:
         required_batch_size_multiple: int = 1,
         skip_invalid: bool = True,
     ) -> EpochBatchIterator:
-        indices = dataset.ordered_indices()
-        keep = dataset.src_sizes[indices] <= max_positions[0]
-        if dataset.tgt_sizes is not None:
-            keep &= dataset.tgt_sizes[indices] <= max_positions[1]
-        if max_tokens:
-            keep &= np.array([dataset.num_tokens(int(i)) <= max_tokens for i in indices], bool)
-        if not keep.all():
-            bad = indices[~keep]
-            if not skip_invalid:
-                raise NmtSdError(
-                    f"{len(bad)} examples exceed max positions {max_positions} or --max-tokens "
-                    f"{max_tokens} (first: example {int(bad[0])})"
-                )
-            logger.warning(f"skipping {len(bad)} examples longer than the limits, e.g. {bad[:5].tolist()}")
-            indices = indices[keep]
-        batches = batch_by_size(
-            indices, dataset.num_tokens, max_tokens, max_sentences, required_batch_size_multiple
-        )
+        batches = make_batches(dataset, dataset.ordered_indices(), max_tokens, max_sentences, max_positions,
+                               required_batch_size_multiple, skip_invalid)
         return EpochBatchIterator(dataset, batches, seed, shuffle, num_shards, shard_id)
 
     def build_model(self, args):
@@ -115,3 +120,6 @@ class TranslationTask:
         from nmt_sd.criterions import CRITERIONS
 
         return CRITERIONS.get(args.criterion)(args, self)
+
+
+from nmt_sd import multilingual  # noqa: E402,F401  (registers multilingual_translation)

@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     if args.results_path:
         os.makedirs(args.results_path, exist_ok=True)
         out_f = open(os.path.join(args.results_path, f"generate-{args.gen_subset}.txt"), "w", encoding="utf-8")
-    ids = special_ids(task.tgt_dict)
+    ids = {**special_ids(task.tgt_dict), "bos": decoder_start(task)}
     results, t0, done, last_log = {}, time.time(), 0, time.time()
     for sample in itr.next_epoch_itr():
         s = move_to(sample, device)
@@ -96,6 +96,13 @@ def main(argv=None) -> None:
     if has_target and args.scoring != "none":
         res = score_corpus(hyps_text, [results[i][1] for i in order], mode=args.scoring, chrf=True)
         print(f"Generate {args.gen_subset} with beam={args.beam}: " + "\n".join(format_result(res)))
+
+
+def decoder_start(task) -> int:
+    """The decoder's first symbol: </s>, or the target language tag of a multilingual
+    model trained with --decoder-langtok (its one -s/-t pair)."""
+    pair = getattr(task, "gen_pair", None)
+    return task.decoder_start(pair[1]) if pair else task.tgt_dict.eos()
 
 
 def write_lines(path: str, lines) -> None:

@@ -6,10 +6,11 @@ output is decoded; without it, input lines must already be in the dictionary's p
 import logging
 import sys
 
+import numpy as np
 import torch
 
 from nmt_sd.cli.common import run_cli
-from nmt_sd.cli.generate import decode_batch, setup_inference_device
+from nmt_sd.cli.generate import decode_batch, decoder_start, setup_inference_device
 from nmt_sd.data.dataset import collate
 from nmt_sd.errors import NmtSdError
 from nmt_sd.generation.load import inference_autocast, load_model_for_inference
@@ -50,14 +51,14 @@ def main(argv=None) -> None:
         args.remove_bpe = args.remove_bpe or "sentencepiece"
     device = setup_inference_device(args)
     model, task, _ = load_model_for_inference(args.path, args.data, args.source_lang, args.target_lang, device)
-    ids = special_ids(task.tgt_dict)
+    ids = {**special_ids(task.tgt_dict), "bos": decoder_start(task)}
     stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
     if sys.stdin.isatty() and args.input == "-":
         print("Type the input sentence and press return:", file=sys.stderr)
     start = 0
     for lines in read_buffers(stream, args.buffer_size):
         pieces = [" ".join(spm.encode(x, out_type=str)) if spm else x for x in lines]
-        items = [{"id": i, "source": task.src_dict.encode_line(x), "target": None} for i, x in enumerate(pieces)]
+        items = [{"id": i, "source": encode_source(task, x), "target": None} for i, x in enumerate(pieces)]
         sample = collate(items, task.src_dict.pad(), task.src_dict.eos())
         sample = {"id": sample["id"], "net_input": {k: v.to(device) for k, v in sample["net_input"].items()}}
         hyps = decode_batch(model, sample, args, ids, inference_autocast(device, args.bf16, args.fp16))
@@ -71,6 +72,14 @@ def main(argv=None) -> None:
                 print(f"P-{sid}\t" + " ".join(f"{s:.4f}" for s in h["positional_scores"].tolist()))
             sys.stdout.flush()
         start += len(lines)
+
+
+def encode_source(task, line: str):
+    """Token ids of a source line, with the source language tag of a multilingual model."""
+    ids = task.src_dict.encode_line(line)
+    pair = getattr(task, "gen_pair", None)
+    tag = task.encoder_tag(*pair) if pair else None
+    return ids if tag is None else np.concatenate([[tag], ids])
 
 
 def cli_main(argv=None) -> None:

@@ -17,6 +17,14 @@ class Criterion(nn.Module):
     def set_num_updates(self, num_updates: int) -> None:
         pass
 
+    def on_epoch_begin(self, epoch: int, model) -> None:
+        """Called by the training loop before each epoch's first update (also on resume)."""
+
+    def on_validation_end(self, epoch: int, per_pair: dict, model, end_of_epoch: bool) -> dict:
+        """Called after each validation with the valid stats of every language pair
+        ({"de-en": {"loss": ..., "nll_loss": ...}}); returns extra stats to log."""
+        return {}
+
 
 CRITERIONS = Registry("criterion", Criterion)
 
@@ -26,3 +34,5 @@ from nmt_sd.criterions import rdrop  # noqa: E402,F401
 from nmt_sd.criterions import intra_distillation  # noqa: E402,F401
 from nmt_sd.criterions import seer  # noqa: E402,F401
 from nmt_sd.criterions import kd  # noqa: E402,F401
+from nmt_sd.criterions import lssd  # noqa: E402,F401
+from nmt_sd.criterions import cmlm_kd  # noqa: E402,F401

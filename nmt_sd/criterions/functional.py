@@ -1,6 +1,6 @@
 """Pure loss functions shared by every criterion and term (no state, no inheritance)."""
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -298,46 +298,67 @@ def x_divergence_from_logits(logits: list, pad_mask: torch.Tensor, kind: str = "
     return _XDivergenceFromLogits.apply(keep, kind, chunk, *(z.reshape(-1, v) for z in logits))
 
 
+def row_logsumexp(logits: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """logsumexp over the last dim in float32, row chunk by row chunk, no gradient.
+
+    Args:
+        logits: (..., V) any float dtype.
+    Returns:
+        (...) float32.
+    """
+    z = logits.detach().reshape(-1, logits.size(-1))
+    out = torch.empty(z.size(0), dtype=torch.float32, device=z.device)
+    for s in range(0, z.size(0), chunk):
+        out[s : s + chunk] = torch.logsumexp(z[s : s + chunk].float(), -1)
+    return out.view(logits.shape[:-1])
+
+
 class _SoftCEFromLogits(torch.autograd.Function):
-    """sum_rows -sum_v q_v log softmax(z)_v with q = softmax(teacher logits), chunked;
-    d/dz = softmax(z) - q (q sums to 1). The teacher gets no gradient."""
+    """sum_rows w_r * -sum_v q_v log softmax(z)_v with q = softmax(teacher logits),
+    chunked; d/dz = w (softmax(z) - q) (q sums to 1). The teacher gets no gradient.
+    Rows with w = 0 (pads) contribute exactly 0."""
 
     @staticmethod
-    def forward(ctx, z, teacher, keep, chunk: int):
+    def forward(ctx, z, teacher, weights, chunk: int):
         total = torch.zeros((), dtype=torch.float32, device=z.device)
         for s in range(0, z.size(0), chunk):
             zc = z[s : s + chunk].float()
             q = torch.softmax(teacher[s : s + chunk].float(), -1)
             rows = torch.logsumexp(zc, -1) - (q * zc).sum(-1)
-            total += rows.masked_fill(~keep[s : s + chunk], 0.0).sum()
-        ctx.save_for_backward(z, teacher, keep)
+            w = weights[s : s + chunk]
+            total += torch.where(w != 0, rows * w, 0.0).sum()
+        ctx.save_for_backward(z, teacher, weights)
         ctx.chunk = chunk
         return total
 
     @staticmethod
     def backward(ctx, grad):
-        z, teacher, keep = ctx.saved_tensors
+        z, teacher, weights = ctx.saved_tensors
         g = torch.empty_like(z)
         for s in range(0, z.size(0), ctx.chunk):
             p = torch.softmax(z[s : s + ctx.chunk].float(), -1)
             q = torch.softmax(teacher[s : s + ctx.chunk].float(), -1)
-            k = keep[s : s + ctx.chunk].unsqueeze(-1).to(p.dtype) * grad
+            k = weights[s : s + ctx.chunk].unsqueeze(-1) * grad  # (c, 1); 0 at pads
             g[s : s + ctx.chunk] = ((p - q) * k).to(g.dtype)
         return g, None, None, None
 
 
 def soft_cross_entropy_from_logits(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 256
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 256,
+    weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``soft_cross_entropy(log_softmax(teacher), log_softmax(student), pad_mask)`` from
-    logits (chunked; the teacher is treated as detached).
+    logits (chunked; the teacher is treated as detached), optionally weighting each
+    token (LSSD's gates).
 
     Args:
         student_logits, teacher_logits: (B, T, V); pad_mask: (B, T) True at pads.
+        weights: (B, T) per-token weights (detached), default 1.
     """
     v = student_logits.size(-1)
-    keep = ~pad_mask.reshape(-1)
-    return _SoftCEFromLogits.apply(student_logits.reshape(-1, v), teacher_logits.detach().reshape(-1, v), keep, chunk)
+    keep = (~pad_mask.reshape(-1)).float()
+    w = keep if weights is None else weights.detach().reshape(-1).float() * keep
+    return _SoftCEFromLogits.apply(student_logits.reshape(-1, v), teacher_logits.detach().reshape(-1, v), w, chunk)
 
 
 class _MultiPassCE(torch.autograd.Function):

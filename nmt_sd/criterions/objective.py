@@ -48,6 +48,22 @@ class Term(nn.Module):
         """(loss sum, logs) of this term given the passes' divergence sum ``div``."""
         raise NotImplementedError
 
+    def ce_scale_for(self, sample) -> float:
+        """The multiplier on the CE part for this batch (LSSD's 1/2 applies to distilled
+        batches only); the constant ``ce_scale`` by default."""
+        return self.ce_scale
+
+    def on_epoch_begin(self, epoch: int, model) -> None:
+        """Forwarded from the training loop (see ``Criterion.on_epoch_begin``)."""
+
+    def on_validation_end(self, epoch: int, per_pair: dict, model, end_of_epoch: bool) -> dict:
+        """Forwarded from the training loop (see ``Criterion.on_validation_end``)."""
+        return {}
+
+    def set_num_updates(self, num_updates: int) -> None:
+        """Called before each update (and on resume): a term whose ``ce_scale`` depends
+        on the update number (``cmlm_kd`` interpolating) reads it here."""
+
     @staticmethod
     def add_args(parser) -> None:
         pass
@@ -153,6 +169,18 @@ class Objective(Criterion):
 
     def set_num_updates(self, num_updates: int) -> None:
         self.num_updates = num_updates
+        for t in self.terms:
+            t.set_num_updates(num_updates)
+
+    def on_epoch_begin(self, epoch: int, model) -> None:
+        for t in self.terms:
+            t.on_epoch_begin(epoch, model)
+
+    def on_validation_end(self, epoch: int, per_pair: dict, model, end_of_epoch: bool) -> dict:
+        out = {}
+        for t in self.terms:
+            out.update(t.on_validation_end(epoch, per_pair, model, end_of_epoch))
+        return out
 
     def ce(self, p: Pass, target: torch.Tensor, lprobs_needed: bool):
         """Summed label-smoothed CE of one pass (fused from logits when possible)."""
@@ -183,7 +211,7 @@ class Objective(Criterion):
             nll = sum(c[1] for c in ce_parts) / k
         if k > 1 and self.consistency.ce_reduction == "mean":
             ce_loss = ce_loss / k
-        scale = math.prod(t.ce_scale for t in terms)
+        scale = math.prod(t.ce_scale_for(sample) for t in terms)
         loss = ce_loss * scale if scale != 1.0 else ce_loss
         ntokens = sample["ntokens"]
         logs = {"nll_loss": nll.detach(), "ntokens": ntokens, "nsentences": sample["nsentences"], "sample_size": ntokens}

@@ -26,12 +26,15 @@ def load_model_for_inference(path: str, data: str, source_lang=None, target_lang
     """Returns (model in eval mode, task, checkpoint args)."""
     state = load_checkpoint_file(path)
     ckpt_args = model_args_from_checkpoint(state, path)
-    task_args = argparse.Namespace(
-        data=data,
-        source_lang=source_lang or ckpt_args.source_lang,
-        target_lang=target_lang or ckpt_args.target_lang,
-    )
+    task_args = argparse.Namespace(**{
+        **vars(ckpt_args),  # the task's own flags (multilingual: --lang-pairs, language tags)
+        "data": data,
+        "source_lang": source_lang or getattr(ckpt_args, "source_lang", None),
+        "target_lang": target_lang or getattr(ckpt_args, "target_lang", None),
+    })
     task = TASKS.get(getattr(ckpt_args, "task", "translation")).setup_task(task_args)
+    if hasattr(task, "select_pair") and task.gen_pair is None:
+        task.select_pair(source_lang, target_lang)  # a multilingual model: one -s/-t pair at a time
     model = TransformerModel.build_model(ckpt_args, task.src_dict, task.tgt_dict)
     load_model_state(model, state["model"], path)
     model.to(device).eval()

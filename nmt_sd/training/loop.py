@@ -10,7 +10,7 @@ from typing import Dict, Optional
 from nmt_sd.training import distributed as dist_utils
 from nmt_sd.training.checkpoint import save_checkpoint
 from nmt_sd.training.trainer import sum_logs
-from nmt_sd.training.validate import valid_bleu, valid_loss
+from nmt_sd.training.validate import valid_bleu, valid_stats
 
 logger = logging.getLogger("nmt_sd.train")
 
@@ -63,6 +63,7 @@ def train_epoch(args, trainer, epoch_itr, valid_itr, progress, state: RunState) 
     t_interval = time.time()
     master = dist_utils.is_master()
     prefix = f"epoch {epoch:03d}"
+    trainer.criterion.on_epoch_begin(epoch, trainer.model)  # e.g. LSSD: which languages to distil
     while True:
         samples = list(itertools.islice(itr, args.update_freq))
         if not samples:
@@ -141,9 +142,11 @@ def validate_and_save(args, trainer, epoch_itr, valid_itr, progress, state: RunS
     )
     is_best, stop = False, hit_max or stop_lr
     if do_valid:
-        stats = valid_loss(trainer, valid_itr)
+        stats, per_pair = valid_stats(trainer, valid_itr)
         if args.eval_bleu:
-            stats["bleu"] = valid_bleu(args, trainer, valid_itr)
+            stats.update(valid_bleu(args, trainer, valid_itr))
+        # criterion hook (LSSD: per-language teachers), before the checkpoint that saves its state
+        stats.update(trainer.criterion.on_validation_end(epoch, per_pair, trainer.model, end_of_epoch))
         metric = stats[args.best_checkpoint_metric] if args.best_checkpoint_metric in stats else stats["loss"]
         is_best = is_better(args, metric, state.best)
         if is_best:

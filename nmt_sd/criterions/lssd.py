@@ -1,0 +1,346 @@
+"""LSSD: Language-Specific Self-Distillation (Huang, Feng, Geng, Qin: "Unifying the
+Convergences in Multilingual Neural Machine Translation", EMNLP 2022, arXiv 2205.01620).
+
+    L = ( LS-CE + w · Σ_t g_t · (−Σ_v p_T(v|t) log p_S(v|t)) ) / 2   if the batch's language l is distilled, else LS-CE
+
+p_T is language l's teacher: a frozen, eval-mode (no dropout) copy of the model from l's
+best validation epoch so far. l is the source language for many-to-one pairs, the target
+language for one-to-many and many-to-many (``--lssd-key auto``), as in the official code.
+Teacher bookkeeping (docs/methods.md 5(c), docs/lssd.md):
+
+1. After the end-of-epoch validation, for each language with label-smoothed dev loss
+   L_l (per token, base 2; many-to-many: mean over l's pairs): if l has no best yet or
+   L_l < best[l], then best[l], best_epoch[l] = L_l, epoch and l's teacher becomes a
+   frozen copy of the current model. Languages improved in the same epoch share one
+   copy. Mid-epoch validations change nothing.
+2. A batch of language l in epoch e is distilled iff e > ``--lssd-warmup-epochs``, l has
+   a teacher and e − best_epoch[l] > 1; so no language is distilled in epoch 2.
+
+Gates g_t (student and teacher gold-token probabilities, detached): ``whole`` 1;
+``selective`` 1 if p_T(y) > p_S(y) else 0.2 (token level, or sentence level on the
+sums of gold probabilities); ``adaptive`` min(p_T(y)/p_S(y), 1) (token level, or the
+ratio of mean gold probabilities per sentence). ``--lssd-language-aware`` restricts
+p_T to the target language's vocabulary (symbols of its training text) and
+renormalises. KD is averaged over the student's passes (with R-Drop: both passes).
+
+Teacher storage: copies live in memory in the training precision (bf16 under --bf16,
+fp16 under --fp16: the official code's fp16 copies) and are written beside the
+checkpoint as ``SAVE_DIR/lssd_teacher{EPOCH}.pt`` (never inside the model checkpoint);
+the checkpoint keeps only the bookkeeping (best losses and epochs). On resume a
+teacher is reloaded from its file or, failing that, from ``checkpoint{EPOCH}.pt`` (the
+official code's only source). Memory: at most one copy per language, reported.
+
+Differences from the official code (no LSSD code bug is listed in docs/methods.md): w = 0
+switches distillation off (the official (CE + 0·KD)/2 would halve the CE);
+``--lssd-interpolate`` gives (1−w)·CE + w·KD; a mixed-language batch is a one-line error
+instead of an assertion; teacher copies use the training precision instead of fp16.
+"""
+import contextlib
+import copy
+import glob
+import logging
+import os
+import re
+
+import torch
+import torch.nn as nn
+
+from nmt_sd.criterions.functional import row_logsumexp, soft_cross_entropy_from_logits
+from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
+from nmt_sd.errors import NmtSdError
+
+logger = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TeacherBook:
+    """Per-language best dev loss and epoch (pure Python; the teachers are the epochs)."""
+
+    def __init__(self, warmup_epochs: int = 1):
+        self.warmup = warmup_epochs
+        self.best_loss: dict[str, float] = {}
+        self.best_epoch: dict[str, int] = {}
+
+    def update(self, epoch: int, losses: dict[str, float]) -> list[str]:
+        """Record this epoch's per-language losses; returns the languages whose teacher
+        is replaced by the current model (new best, or first validation)."""
+        improved = [lang for lang in sorted(losses) if lang not in self.best_loss or losses[lang] < self.best_loss[lang]]
+        for lang in improved:
+            self.best_loss[lang], self.best_epoch[lang] = float(losses[lang]), int(epoch)
+        return improved
+
+    def distils(self, lang: str, epoch: int) -> bool:
+        return epoch > self.warmup and lang in self.best_epoch and epoch - self.best_epoch[lang] > 1
+
+    def teacher_epochs(self) -> set[int]:
+        return set(self.best_epoch.values())
+
+    def state_dict(self) -> dict:
+        return {"best_loss": dict(self.best_loss), "best_epoch": dict(self.best_epoch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_loss = {k: float(v) for k, v in state["best_loss"].items()}
+        self.best_epoch = {k: int(v) for k, v in state["best_epoch"].items()}
+
+
+def gold_probs(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor = None) -> torch.Tensor:
+    """p(y_t) (B, T) float32, detached, from logits (B, T, V) and their row logsumexp."""
+    lse = row_logsumexp(logits) if lse is None else lse  # (B, T)
+    return (logits.detach().gather(-1, target.unsqueeze(-1)).squeeze(-1).float() - lse).exp()
+
+
+def gate_weights(p_s: torch.Tensor, p_t: torch.Tensor, pad_mask: torch.Tensor, gate: str,
+                 level: str = "token", low: float = 0.2) -> torch.Tensor:
+    """Per-token KD weights g (B, T), 0 at pads.
+
+    Args:
+        p_s, p_t: (B, T) student / teacher gold-token probabilities (detached).
+        pad_mask: (B, T) True at pad targets.
+        gate: whole | selective (1 where p_T > p_S, else ``low``) | adaptive (min(p_T/p_S, 1)).
+        level: token, or sentence: selective compares the sentence sums of gold
+            probabilities, adaptive the sentence means; the result is broadcast.
+    """
+    keep = (~pad_mask).float()
+    if gate == "whole":
+        return keep
+    if level == "sentence":
+        n = keep.sum(1, keepdim=True).clamp(min=1.0)  # (B, 1)
+        p_s, p_t = (p_s * keep).sum(1, keepdim=True), (p_t * keep).sum(1, keepdim=True)  # sums (B, 1)
+        if gate == "adaptive":
+            p_s, p_t = p_s / n, p_t / n  # means
+        p_s, p_t = p_s.expand_as(keep), p_t.expand_as(keep)
+    if gate == "selective":
+        g = torch.where(p_t > p_s, torch.ones_like(p_s), torch.full_like(p_s, low))
+    elif gate == "adaptive":
+        g = (p_t / p_s.clamp(min=1e-30)).clamp(max=1.0)
+    else:
+        raise ValueError(f"unknown gate {gate!r}")
+    return g * keep
+
+
+def key_side(pairs: list[tuple[str, str]], choice: str) -> str:
+    """Which side names a batch's language: src for many-to-one, else tgt."""
+    if choice != "auto":
+        return choice
+    return "src" if len({t for _, t in pairs}) == 1 else "tgt"
+
+
+@TERMS.register("lssd")
+class LSSDTerm(Term):
+    def __init__(self, pairs, langs, side: str, weight: float, gate: str, level: str, low: float, warmup: int,
+                 interpolate: bool, teacher_dtype: torch.dtype, save_dir, padding_idx: int, lang_masks=None):
+        super().__init__()
+        self.pairs, self.langs, self.side = pairs, langs, side
+        self.weight, self.gate, self.level, self.low = weight, gate, level, low
+        self.interpolate, self.teacher_dtype = interpolate, teacher_dtype
+        self.save_dir, self.padding_idx = save_dir, padding_idx
+        self.book, self.epoch = TeacherBook(warmup), 1
+        self.copies: dict[int, nn.Module] = {}  # epoch -> frozen model; a plain dict: never saved or optimised
+        self.mask_rows = {lang: i for i, lang in enumerate(lang_masks or {})}
+        if lang_masks:
+            self.register_buffer("lang_masks", torch.stack(list(lang_masks.values())), persistent=False)  # (L, V)
+
+    @staticmethod
+    def add_args(parser) -> None:
+        g = parser.add_argument_group("LSSD (language-specific self-distillation)")
+        g.add_argument("--lssd-weight", type=float, default=1.0, metavar="W",
+                       help="w: KD weight; distilled batches get (CE + w KD)/2 (official --online-distillation-weight)")
+        g.add_argument("--lssd-gate", choices=["whole", "selective", "adaptive"], default="whole")
+        g.add_argument("--lssd-gate-level", choices=["token", "sentence"], default="token",
+                       help="gate on each token or on whole sentences (the adaptive scripts use sentence)")
+        g.add_argument("--lssd-selective-low", type=float, default=0.2, metavar="G",
+                       help="selective gate's weight where the teacher is not better (paper: 0.2)")
+        g.add_argument("--lssd-warmup-epochs", type=int, default=1, metavar="N", help="no distillation in epochs <= N")
+        g.add_argument("--lssd-interpolate", action="store_true", help="(1-w) CE + w KD instead of (CE + w KD)/2")
+        g.add_argument("--lssd-language-aware", action="store_true",
+                       help="restrict the teacher to the target language's vocabulary (one-to-many scripts)")
+        g.add_argument("--lssd-key", choices=["auto", "src", "tgt"], default="auto",
+                       help="a batch's language: auto = source for many-to-one, else target")
+        g.add_argument("--lssd-teacher-dtype", choices=["auto", *DTYPES], default="auto",
+                       help="teacher copies' precision (auto: the training precision)")
+
+    @classmethod
+    def from_args(cls, args, task) -> "LSSDTerm":
+        if args.lssd_weight < 0 or (args.lssd_interpolate and args.lssd_weight > 1):
+            raise NmtSdError(f"--lssd-weight must be >= 0 (<= 1 with --lssd-interpolate), got {args.lssd_weight}")
+        if not 0.0 <= args.lssd_selective_low <= 1.0 or args.lssd_warmup_epochs < 0:
+            raise NmtSdError("--lssd-selective-low must be in [0, 1] and --lssd-warmup-epochs >= 0")
+        if getattr(args, "disable_validation", False):
+            raise NmtSdError("the lssd term picks teachers by validation loss: remove --disable-validation")
+        pairs = list(getattr(task, "lang_pairs", None) or [(args.source_lang, args.target_lang)])
+        langs = list(getattr(task, "langs", None) or sorted({x for p in pairs for x in p}))
+        masks = None
+        if args.lssd_language_aware:
+            if not hasattr(task, "lang_vocab_mask"):
+                raise NmtSdError("--lssd-language-aware needs --task multilingual_translation")
+            masks = {lang: task.lang_vocab_mask(lang) for lang in sorted({t for _, t in pairs})}
+        name = args.lssd_teacher_dtype
+        if name == "auto":
+            name = "bf16" if getattr(args, "bf16", False) else ("fp16" if getattr(args, "fp16", False) else "fp32")
+        save_dir = None if getattr(args, "no_save", False) else getattr(args, "save_dir", None)
+        return cls(pairs, langs, key_side(pairs, args.lssd_key), args.lssd_weight, args.lssd_gate,
+                   args.lssd_gate_level, args.lssd_selective_low, args.lssd_warmup_epochs, args.lssd_interpolate,
+                   DTYPES[name], save_dir, task.tgt_dict.pad(), masks)
+
+    # -- bookkeeping (training loop hooks) ---------------------------------
+    def language_losses(self, per_pair: dict) -> dict[str, float]:
+        """Per-language dev loss: the pair's loss, averaged over the language's pairs."""
+        grouped: dict[str, list[float]] = {}
+        for src, tgt in self.pairs:
+            stats = per_pair.get(f"{src}-{tgt}")
+            if stats is not None:
+                grouped.setdefault(src if self.side == "src" else tgt, []).append(float(stats["loss"]))
+        return {lang: sum(v) / len(v) for lang, v in grouped.items()}
+
+    def on_validation_end(self, epoch: int, per_pair: dict, model, end_of_epoch: bool) -> dict:
+        if not end_of_epoch:  # teachers change at epoch ends only
+            return {}
+        old_files = self.book.teacher_epochs()
+        improved = self.book.update(epoch, self.language_losses(per_pair))
+        if improved and self.weight > 0:
+            self.copies[epoch] = self.frozen_copy(model)
+            self.save_teacher(epoch)
+        self.copies = {e: m for e, m in self.copies.items() if e in self.book.teacher_epochs()}
+        self.prune_files(old_files | self.book.teacher_epochs())
+        mb = sum(teacher_bytes(m) for m in self.copies.values()) / 2**20
+        logger.info(f"lssd epoch {epoch}: teachers updated for {','.join(improved) or 'none'}; "
+                    f"{len(self.copies)} teacher copies (epochs {sorted(self.copies)}), {mb:.1f} MB")
+        out = {"lssd_updated": ",".join(improved) or "-", "lssd_teacher_copies": len(self.copies),
+               "lssd_teacher_mb": round(mb, 2)}
+        out.update({f"lssd_best_epoch_{lang}": e for lang, e in sorted(self.book.best_epoch.items())})
+        return out
+
+    def on_epoch_begin(self, epoch: int, model) -> None:
+        self.epoch = epoch
+        self.ensure_teachers(model)
+        if self.weight > 0 and self.book.best_epoch:
+            logger.info(f"lssd epoch {epoch}: distilling {','.join(self.distilled_langs(epoch)) or 'no language'}")
+
+    def distilled_langs(self, epoch: int) -> list[str]:
+        return [lang for lang in sorted(self.book.best_epoch) if self.book.distils(lang, epoch)]
+
+    def frozen_copy(self, model) -> nn.Module:
+        """A frozen, eval-mode copy of the model in the teacher precision."""
+        teacher = copy.deepcopy(unwrap(model))
+        for p in teacher.parameters():
+            p.grad = None
+        teacher.to(dtype=self.teacher_dtype).requires_grad_(False)
+        return teacher.eval()
+
+    # -- teacher files beside the checkpoint ------------------------------------
+    def teacher_path(self, epoch: int) -> str:
+        return os.path.join(self.save_dir, f"lssd_teacher{epoch}.pt")
+
+    def save_teacher(self, epoch: int) -> None:
+        from nmt_sd.training import distributed as dist_utils
+        from nmt_sd.training.checkpoint import atomic_save
+
+        if self.save_dir and dist_utils.is_master():
+            os.makedirs(self.save_dir, exist_ok=True)
+            state = {"model": self.copies[epoch].state_dict(), "args": {"lssd_teacher_epoch": epoch}}
+            atomic_save(state, self.teacher_path(epoch))
+
+    def prune_files(self, keep: set[int]) -> None:
+        """Delete teacher files that neither the current state nor the last saved
+        checkpoint (the state before this update) references."""
+        from nmt_sd.training import distributed as dist_utils
+
+        if not self.save_dir or not dist_utils.is_master():
+            return
+        for path in glob.glob(os.path.join(self.save_dir, "lssd_teacher*.pt")):
+            m = re.fullmatch(r"lssd_teacher(\d+)\.pt", os.path.basename(path))
+            if m and int(m.group(1)) not in keep:
+                os.remove(path)
+
+    def ensure_teachers(self, model) -> None:
+        """After a restart: rebuild every referenced teacher from its file."""
+        from nmt_sd.training.checkpoint import load_checkpoint_file, load_model_state
+
+        if self.weight == 0:
+            return
+        for epoch in sorted(self.book.teacher_epochs() - set(self.copies)):
+            langs = ",".join(lang for lang, e in sorted(self.book.best_epoch.items()) if e == epoch)
+            paths = [self.teacher_path(epoch), os.path.join(self.save_dir, f"checkpoint{epoch}.pt")] \
+                if self.save_dir else []
+            path = next((p for p in paths if os.path.isfile(p)), None)
+            if path is None:
+                raise NmtSdError(f"lssd: the teacher of {langs} (epoch {epoch}) is gone: "
+                                 f"{paths[0] if paths else '--save-dir'} not found (nor checkpoint{epoch}.pt)")
+            teacher = self.frozen_copy(model)
+            load_model_state(teacher, load_checkpoint_file(path)["model"], path)
+            self.copies[epoch] = teacher
+            logger.info(f"lssd: reloaded the teacher of {langs} (epoch {epoch}) from {path}")
+
+    def get_extra_state(self) -> dict:
+        return {"version": 1, **self.book.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.book.load_state_dict(state)
+        self.copies = {}  # rebuilt from the files by ensure_teachers
+
+    # -- the loss ------------------------------------------------------------
+    def batch_lang(self, sample) -> str:
+        """The one language (``self.side``) of a batch; a mix is an error."""
+        ids = sample.get(f"{self.side}_lang_id")
+        if ids is None:  # a bilingual batch
+            return self.pairs[0][0 if self.side == "src" else 1]
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo != hi:
+            raise NmtSdError(f"lssd: a batch mixes {self.side} languages {self.langs[lo]} and {self.langs[hi]}; "
+                             "LSSD needs one language per batch (--task multilingual_translation batches one pair)")
+        return self.langs[lo]
+
+    def distils(self, sample) -> bool:
+        return self.weight > 0 and self.book.distils(self.batch_lang(sample), self.epoch)
+
+    def ce_scale_for(self, sample) -> float:
+        if not self.distils(sample):
+            return 1.0
+        return 1.0 - self.weight if self.interpolate else 0.5
+
+    def teacher_logits(self, model, sample) -> torch.Tensor:
+        """The batch language's teacher logits (B, T, V), frozen; -inf outside the
+        target language's vocabulary with --lssd-language-aware."""
+        self.ensure_teachers(model)
+        teacher = self.copies[self.book.best_epoch[self.batch_lang(sample)]]
+        device = sample["target"].device
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)  # lazily: criterion.to() does not reach the copies
+        teacher.eval()
+        half = self.teacher_dtype != torch.float32  # half weights need autocast even in a float32 run
+        amp = torch.autocast(device.type, dtype=self.teacher_dtype) if half else contextlib.nullcontext()
+        with torch.no_grad(), amp:
+            logits, _ = teacher(**sample["net_input"])
+        if self.mask_rows:
+            tgt = self.langs[int(sample["tgt_lang_id"][0])] if "tgt_lang_id" in sample else self.pairs[0][1]
+            logits = logits.masked_fill(~self.lang_masks[self.mask_rows[tgt]], float("-inf"))
+        return logits
+
+    def forward(self, model, sample, passes, num_updates: int):
+        lang = self.batch_lang(sample)
+        logs = {"lssd_kd": 0.0, "lssd_distilled": 0, **{f"lssd_kd_{x}": 0.0 for x in self.logged_langs()}}
+        if not self.distils(sample):  # the same keys on every batch: workers reduce one key list
+            return torch.zeros((), device=sample["target"].device), logs
+        target = sample["target"]  # (B, T)
+        pad = target.eq(self.padding_idx)
+        t_logits = self.teacher_logits(model, sample)  # (B, T, V), once per batch
+        p_t = gold_probs(t_logits, target) if self.gate != "whole" else None
+        kd = 0.0
+        for p in passes:  # averaged over the student's passes
+            g = None
+            if p_t is not None:
+                g = gate_weights(gold_probs(p.logits, target), p_t, pad, self.gate, self.level, self.low)
+            kd = kd + soft_cross_entropy_from_logits(p.logits, t_logits, pad, weights=g)
+        kd = kd / len(passes)
+        logs.update({"lssd_kd": kd.detach(), f"lssd_kd_{lang}": kd.detach(), "lssd_distilled": sample["ntokens"]})
+        return (self.weight if self.interpolate else 0.5 * self.weight) * kd, logs
+
+    def logged_langs(self) -> list[str]:
+        return sorted({p[0] if self.side == "src" else p[1] for p in self.pairs})
+
+
+def teacher_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+register_preset("lssd", ["lssd"])

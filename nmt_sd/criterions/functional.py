@@ -361,20 +361,34 @@ def soft_cross_entropy_from_logits(
     return _SoftCEFromLogits.apply(student_logits.reshape(-1, v), teacher_logits.detach().reshape(-1, v), w, chunk)
 
 
+def _float_chunk(zs, s: int, c: int) -> torch.Tensor:
+    """Rows s..s+c of the K passes as one float32 (K, c, V) tensor: ``zs`` is one
+    (K, N, V) tensor or K (N, V) tensors."""
+    if len(zs) == 1:
+        return zs[0][:, s : s + c].float()
+    rows = zs[0][s : s + c]
+    out = torch.empty(len(zs), rows.size(0), rows.size(1), dtype=torch.float32, device=rows.device)
+    for i, z in enumerate(zs):
+        out[i].copy_(z[s : s + c])
+    return out
+
+
 class _MultiPassCE(torch.autograd.Function):
     """K passes' label-smoothed CE (summed over passes) and their X/JS divergence in one
-    chunked sweep: each chunk's log-softmax is computed once for both, and the gradient
-    lands in one (K, N, V) tensor (no per-pass gradient copies to concatenate)."""
+    chunked sweep: each chunk's log-softmax is computed once for both. The passes come as
+    one (K, N, V) tensor (a view of the concatenated forward: its gradient is one tensor,
+    nothing to concatenate) or as K (N, V) tensors (sequential passes: nothing is stacked)."""
 
     @staticmethod
-    def forward(ctx, z, target, keep, epsilon: float, kind, chunk: int):
-        k, n, vocab = z.shape
+    def forward(ctx, target, keep, epsilon: float, kind, chunk: int, *zs):
+        k = zs[0].size(0) if len(zs) == 1 else len(zs)
+        n, vocab = target.size(0), zs[0].size(-1)
         eps_i = epsilon / (vocab - 1)
-        lse = torch.empty(k, n, dtype=torch.float32, device=z.device)
-        nll = torch.zeros((), dtype=torch.float32, device=z.device)
+        lse = torch.empty(k, n, dtype=torch.float32, device=target.device)
+        nll = torch.zeros((), dtype=torch.float32, device=target.device)
         smooth, div = torch.zeros_like(nll), torch.zeros_like(nll)
         for s in range(0, n, chunk):
-            zc = z[:, s : s + chunk].float()  # (K, c, V)
+            zc = _float_chunk(zs, s, chunk)  # (K, c, V)
             a = torch.log_softmax(zc, -1)
             lse[:, s : s + chunk] = zc[..., 0] - a[..., 0]  # log-sum-exp, kept for backward
             t = target[s : s + chunk]
@@ -389,25 +403,26 @@ class _MultiPassCE(torch.autograd.Function):
             elif kind == "js":
                 rows, _ = _xdiv_from_lprobs(a, a.exp(), kind, False)
                 div += rows.masked_fill(drop, 0.0).sum()
-        ctx.save_for_backward(z, target, keep, lse)
+        ctx.save_for_backward(target, keep, lse, *zs)
         ctx.params = (epsilon, kind, chunk)
         loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
         return loss, nll, div
 
     @staticmethod
     def backward(ctx, grad_loss, grad_nll, grad_div):
-        z, target, keep, lse = ctx.saved_tensors
+        target, keep, lse, *zs = ctx.saved_tensors
         epsilon, kind, chunk = ctx.params
-        k, n, vocab = z.shape
+        k, n = lse.shape
+        vocab = zs[0].size(-1)
         eps_i = epsilon / (vocab - 1)
         g_gold = grad_loss * (1.0 - epsilon - eps_i) + grad_nll  # weight on -log p(gold)
         g_all = grad_loss * eps_i  # weight on -log p(v), every v
         g_ce = g_gold + g_all * vocab  # CE: d/dz = g_ce p - g_all - g_gold onehot
         gd = grad_div / k
-        grad = torch.empty_like(z)
+        grads = [torch.empty_like(z) for z in zs]
         for s in range(0, n, chunk):
             t = target[s : s + chunk]
-            a = z[:, s : s + chunk].float().sub_(lse[:, s : s + chunk].unsqueeze(-1))  # (K, c, V)
+            a = _float_chunk(zs, s, chunk).sub_(lse[:, s : s + chunk].unsqueeze(-1))  # (K, c, V)
             p = a.exp()
             if kind == "x":
                 # d X / d z_i = (1/K) [p_i (a_i - a_bar + 1 - s_i) - p_bar], s_i = sum_v p_i (a_i - a_bar)
@@ -423,12 +438,16 @@ class _MultiPassCE(torch.autograd.Function):
             g.sub_(g_all)
             g.scatter_add_(-1, t.view(1, -1, 1).expand(k, -1, 1), (-g_gold).expand(k, t.size(0), 1).to(g.dtype))
             g.masked_fill_(~keep[s : s + chunk].view(1, -1, 1), 0.0)
-            grad[:, s : s + chunk] = g
-        return grad, None, None, None, None, None
+            if len(grads) == 1:
+                grads[0][:, s : s + chunk] = g
+            else:
+                for i, gi in enumerate(grads):
+                    gi[s : s + chunk] = g[i]
+        return (None, None, None, None, None, *grads)
 
 
 def multi_pass_ce_from_logits(
-    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int,
+    logits, target: torch.Tensor, epsilon: float, ignore_index: int,
     divergence=None, chunk: int = 32,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Label-smoothed CE of K passes and their divergence to the mean, fused.
@@ -438,8 +457,9 @@ def multi_pass_ce_from_logits(
     twice the X-divergence of its two passes.
 
     Args:
-        logits: (K, B, T, V) or (K, N, V), any float dtype (pass a view of the
-            concatenated forward's output to avoid a copy).
+        logits: one (K, B, T, V) or (K, N, V) tensor (a view of the concatenated
+            forward's output: no copy, one gradient tensor), or a list of K (B, T, V)
+            tensors (sequential passes), any float dtype.
         target: (B, T) or (N,) gold indices; ``ignore_index`` rows are excluded.
         divergence: "x", "js" or None (CE only; the returned divergence is 0).
     Returns:
@@ -447,7 +467,10 @@ def multi_pass_ce_from_logits(
     """
     if divergence not in (None, "x", "js"):
         raise ValueError(f"unknown divergence {divergence!r} (x or js)")
-    k, v = logits.size(0), logits.size(-1)
     flat_t = target.reshape(-1)
     keep = flat_t.ne(ignore_index)
-    return _MultiPassCE.apply(logits.reshape(k, -1, v), flat_t, keep, epsilon, divergence, chunk)
+    if torch.is_tensor(logits):
+        zs = (logits.reshape(logits.size(0), -1, logits.size(-1)),)
+    else:
+        zs = tuple(z.reshape(-1, z.size(-1)) for z in logits)
+    return _MultiPassCE.apply(flat_t, keep, epsilon, divergence, chunk, *zs)

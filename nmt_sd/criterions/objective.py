@@ -120,13 +120,13 @@ def run_passes(model, net_input: Dict, k: int, mode: str, **model_kw) -> List[Pa
     return [Pass(logits.chunk(k, dim=0)[i], split_batch(extra, k, i), group=logits) for i in range(k)]
 
 
-def stacked_logits(passes: List[Pass]) -> torch.Tensor:
-    """(K, B, T, V) logits of the passes: a view of the concatenated forward when they
-    share one, else a stacked copy."""
+def pass_logits(passes: List[Pass]):
+    """The passes' logits for a fused multi-pass loss: a (K, B, T, V) view of the
+    concatenated forward when they share one, else the list of K (B, T, V) tensors."""
     group = passes[0].group
     if group is not None and all(p.group is group for p in passes):
         return group.view(len(passes), *passes[0].logits.shape)
-    return torch.stack([p.logits for p in passes])
+    return [p.logits for p in passes]
 
 
 def register_preset(name: str, terms: List[str]) -> None:
@@ -203,7 +203,7 @@ class Objective(Criterion):
         fused = k > 1 and not need_lp and self.consistency.divergence is not None
         if fused:  # CE of every pass and the consistency divergence in one sweep
             ce_loss, nll, div = multi_pass_ce_from_logits(
-                stacked_logits(passes), sample["target"], self.eps, self.padding_idx, self.consistency.divergence)
+                pass_logits(passes), sample["target"], self.eps, self.padding_idx, self.consistency.divergence)
             nll = nll / k
         else:
             ce_parts = [self.ce(p, sample["target"], need_lp) for p in passes]

@@ -83,9 +83,10 @@ def test_fused_soft_cross_entropy_matches_reference():
     assert zt2.grad is None  # the teacher gets no gradient
 
 
+@pytest.mark.parametrize("as_list", [False, True])  # one (K, ...) tensor, or K tensors
 @pytest.mark.parametrize("kind", ["x", "js", None])
 @pytest.mark.parametrize("k", [2, 3])
-def test_multi_pass_ce_matches_separate_ce_and_divergence(kind, k):
+def test_multi_pass_ce_matches_separate_ce_and_divergence(kind, k, as_list):
     """The fused sweep = sum of the passes' LS-CE and the divergence, values and grads."""
     from nmt_sd.criterions.functional import multi_pass_ce_from_logits, x_divergence
 
@@ -97,13 +98,15 @@ def test_multi_pass_ce_matches_separate_ce_and_divergence(kind, k):
            x_divergence(list(lp), target.eq(1), kind) if kind else torch.zeros((), dtype=torch.float64))
     w = (0.7, 0.3, 2.5)
     ref_g, = torch.autograd.grad(sum(wi * r for wi, r in zip(w, ref)), z)
+    zs = [z[i].detach().clone().requires_grad_() for i in range(k)]
     z2 = z.detach().clone().requires_grad_()
-    got = multi_pass_ce_from_logits(z2, target, 0.1, 1, kind, chunk=3)
+    got = multi_pass_ce_from_logits(zs if as_list else z2, target, 0.1, 1, kind, chunk=3)
     for g, r in zip(got, ref):
         assert g.item() == pytest.approx(r.item(), rel=1e-5, abs=1e-6)
     sum(wi * g for wi, g in zip(w, got)).backward()
-    torch.testing.assert_close(z2.grad, ref_g.to(z2.grad.dtype), atol=1e-6, rtol=1e-5)
-    assert z2.grad[:, target.eq(1)].abs().max() == 0
+    grad = torch.stack([zi.grad for zi in zs]) if as_list else z2.grad
+    torch.testing.assert_close(grad, ref_g.to(grad.dtype), atol=1e-6, rtol=1e-5)
+    assert grad[:, target.eq(1)].abs().max() == 0
 
 
 def test_multi_pass_x_divergence_is_zero_for_equal_passes():

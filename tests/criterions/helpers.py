@@ -40,3 +40,14 @@ def loss_and_grads(crit, model, sample, seed=1):
     loss, ss, logs = crit(model, sample)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, logs
+
+
+def assert_eval_is_label_smoothed_ce(crit, model, sample):
+    """In eval mode (validation) every objective is the single-pass LS-CE of the model."""
+    import pytest
+
+    crit.eval()
+    model.eval()
+    base, _ = objective()
+    base.eval()
+    assert crit(model, sample)[0].item() == pytest.approx(base(model, sample)[0].item(), rel=1e-6)

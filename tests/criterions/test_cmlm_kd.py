@@ -17,7 +17,7 @@ from nmt_sd.criterions.objective import Objective, Pass, run_passes
 from nmt_sd.errors import NmtSdError
 from nmt_sd.options import parse_training_args
 from tests.conftest import ragged_batch
-from tests.criterions.helpers import loss_and_grads, model_and_batch, objective
+from tests.criterions.helpers import assert_eval_is_label_smoothed_ce, loss_and_grads, model_and_batch, objective
 
 # the term's flag defaults (helpers.objective does not know them)
 CMLM_DEFAULTS = dict(
@@ -294,11 +294,7 @@ def test_finite_gradients_reach_every_parameter_sample_unchanged_and_eval_is_pla
         for p in [*model.parameters(), *crit.parameters()]:
             assert p.grad is not None and torch.isfinite(p.grad).all()
     assert all(torch.equal(before[k], b["net_input"][k]) for k in before) and torch.equal(target, b["target"])
-    crit.eval()
-    model.eval()
-    base, _ = objective()
-    base.eval()
-    assert crit(model, b)[0].item() == pytest.approx(base(model, b)[0].item(), rel=1e-6)
+    assert_eval_is_label_smoothed_ce(crit, model, b)
 
 
 def test_reduce_metrics_over_two_workers_equals_the_whole_batch():

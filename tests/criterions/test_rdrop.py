@@ -6,7 +6,7 @@ import torch
 from nmt_sd.criterions.functional import symmetric_kl
 from nmt_sd.criterions.objective import Objective
 from tests.conftest import ragged_batch
-from tests.criterions.helpers import loss_and_grads, model_and_batch, objective
+from tests.criterions.helpers import assert_eval_is_label_smoothed_ce, loss_and_grads, model_and_batch, objective
 
 
 def test_symmetric_kl_hand_computation():
@@ -59,11 +59,7 @@ def test_kl_gradients_flow_through_both_passes_and_sample_unchanged():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert all(torch.equal(before[k], b["net_input"][k]) for k in before)
     # validation (eval mode) is the single-pass LS-CE without the KL
-    rdrop.eval()
-    model.eval()
-    base, _ = objective()
-    base.eval()
-    assert rdrop(model, b)[0].item() == pytest.approx(base(model, b)[0].item(), rel=1e-6)
+    assert_eval_is_label_smoothed_ce(rdrop, model, b)
 
 
 def test_sequential_passes_match_concat_in_expectation_free_case():

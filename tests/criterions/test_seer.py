@@ -12,7 +12,7 @@ from nmt_sd.errors import NmtSdError
 from nmt_sd.models import TransformerModel
 from nmt_sd.options import parse_training_args
 from tests.conftest import ragged_batch, tiny_args, tiny_dict
-from tests.criterions.helpers import loss_and_grads, model_and_batch, objective
+from tests.criterions.helpers import assert_eval_is_label_smoothed_ce, loss_and_grads, model_and_batch, objective
 
 
 def outputs(crit, model, sample, streams=False):
@@ -126,11 +126,7 @@ def test_finite_loss_and_gradients_reach_every_parameter_and_sample_unchanged():
         assert p.grad is not None and torch.isfinite(p.grad).all()
     assert all(torch.equal(before[k], b["net_input"][k]) for k in before) and torch.equal(target, b["target"])
     # validation (eval mode): single-pass LS-CE of the ordinary decoder, no seer
-    crit.eval()
-    model.eval()
-    base, _ = objective()
-    base.eval()
-    assert crit(model, b)[0].item() == pytest.approx(base(model, b)[0].item(), rel=1e-6)
+    assert_eval_is_label_smoothed_ce(crit, model, b)
 
 
 def test_reduce_metrics_over_two_workers_equals_the_whole_batch():

@@ -14,7 +14,7 @@ setup(
         "sentencepiece",
         "sacrebleu>=2.0",
     ],
-    extras_require={"test": ["pytest"], "plots": ["matplotlib"]},
+    extras_require={"test": ["pytest", "matplotlib"], "plots": ["matplotlib"]},
     entry_points={
         "console_scripts": [
             "nmt-sd-preprocess = nmt_sd.cli.preprocess:cli_main",

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -130,6 +131,13 @@ def test_grid_end_to_end_and_rerun_skips_finished_runs(toy_corpus, tmp_path, cap
     ablate.main(grid_argv(data, toy_corpus, root))
     assert commands_run(root) == n  # nothing rerun
     assert "drop0" in capsys.readouterr().out
+    # without matplotlib the report is still written, and says why it has no plots
+    for name in ("valid_loss.png", "bleu_delta.png"):
+        (root / name).unlink()
+    with mock.patch.dict(sys.modules, {"matplotlib": None}):
+        ablate.main(grid_argv(data, toy_corpus, root) + ["--report-only"])
+    assert "Plots skipped: matplotlib is not installed" in (root / "report.md").read_text()
+    assert not (root / "valid_loss.png").exists() and commands_run(root) == n
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(toy_corpus, tmp_path):

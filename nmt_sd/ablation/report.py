@@ -102,6 +102,14 @@ def cell_rows(grid: Grid, results: Dict[str, Dict[int, dict]]) -> List[dict]:
     return rows
 
 
+def has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot_curves(grid: Grid, results, path: str) -> bool:
     """Validation loss against updates: one line per variant (mean over seeds), the
     seeds' range shaded. Returns False when no run logged a validation."""
@@ -202,10 +210,15 @@ def write_report(grid: Grid, results, out_dir: str, n_samples: int, command: str
                   f"from the runs' own logs. sacreBLEU signature: `{sig}`\n")
     if len(grid.tests) > 1:
         md += ["## All test sets (mean BLEU)\n", multi_table(grid, tables)]
-    if plot_curves(grid, results, os.path.join(out_dir, "valid_loss.png")):
-        md.append("![validation loss](valid_loss.png)\n")
-    if plot_deltas(grid, tables, os.path.join(out_dir, "bleu_delta.png")):
-        md.append("![BLEU differences](bleu_delta.png)\n")
+    if not has_matplotlib():
+        md.append("Plots skipped: matplotlib is not installed (`pip install matplotlib`, or the package's "
+                  "`[plots]` extra, then rerun with `--report-only`).\n")
+        print("nmt-sd-ablate: plots skipped: matplotlib is not installed")
+    else:
+        if plot_curves(grid, results, os.path.join(out_dir, "valid_loss.png")):
+            md.append("![validation loss](valid_loss.png)\n")
+        if plot_deltas(grid, tables, os.path.join(out_dir, "bleu_delta.png")):
+            md.append("![BLEU differences](bleu_delta.png)\n")
     path = os.path.join(out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(md))

@@ -60,7 +60,10 @@ def pair_curves(rows: List[Dict]) -> Dict[str, List]:
 
 
 def plot(runs: Dict[str, List[Dict]], output: str, title: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise NmtSdError("plotting needs matplotlib: pip install matplotlib (or nmt-sd[plots])") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

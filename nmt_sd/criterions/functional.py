@@ -34,12 +34,22 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def _zero_rows(g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """g[rows] = 0 for a bool row mask; on CPU only the selected rows are written."""
+    if g.device.type == "cpu":
+        return g.index_fill_(0, rows.nonzero().squeeze(-1), 0.0)
+    return g.masked_fill_(rows.unsqueeze(-1), 0.0)
+
+
 class _FusedLabelSmoothedCE(torch.autograd.Function):
     """Label-smoothed CE straight from logits, chunked over rows.
 
-    Forward keeps only the logits (in their own dtype) and the per-row logsumexp;
-    backward recomputes softmax chunk by chunk: d loss / d z = p - w, where w is the
-    smoothed target distribution (1-eps-eps_i on gold, eps_i elsewhere; sums to 1).
+    The gradient is made in the forward pass, while each float32 chunk is in cache,
+    and kept instead of the logits: d loss / d z = p - w, where w is the smoothed
+    target distribution (1-eps-eps_i on gold, eps_i elsewhere; sums to 1). One exp per
+    element: e = exp(z - max), lse = max + log sum e, p = e / sum e.
+    Backward returns the stored gradient itself when only the loss is used with an
+    upstream gradient of 1 (the trainer's case on CPU).
     """
 
     @staticmethod
@@ -47,40 +57,49 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
         n, vocab = logits.shape
         eps_i = epsilon / (vocab - 1)
         keep = target.ne(ignore_index)
-        lse = torch.empty(n, dtype=torch.float32, device=logits.device)
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(logits) if need_grad else None
         nll = torch.empty(n, dtype=torch.float32, device=logits.device)
         smooth = torch.empty(n, dtype=torch.float32, device=logits.device)
         for s in range(0, n, chunk):
-            z = logits[s : s + chunk].float()  # (c, V)
-            lse_c = torch.logsumexp(z, dim=-1)
-            lse[s : s + chunk] = lse_c
-            nll[s : s + chunk] = lse_c - z.gather(-1, target[s : s + chunk].unsqueeze(-1)).squeeze(-1)
-            smooth[s : s + chunk] = vocab * lse_c - z.sum(-1)
+            t = target[s : s + chunk]
+            z = logits[s : s + chunk].to(torch.float32, copy=True)  # (c, V), ours to overwrite
+            z_gold = z.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+            z_sum = z.sum(-1)
+            m = z.amax(-1, keepdim=True)
+            e = z.sub_(m).exp_()  # (c, V) exp(z - max), in place
+            se = e.sum(-1)
+            lse = m.squeeze(-1) + se.log()
+            nll[s : s + chunk] = lse - z_gold
+            smooth[s : s + chunk] = vocab * lse - z_sum
+            if need_grad:  # p - eps_i everywhere, -(1 - eps - eps_i) more on gold, 0 on pad rows
+                g = e.div_(se.unsqueeze(-1)).sub_(eps_i)
+                g.scatter_add_(-1, t.unsqueeze(-1), g.new_full((t.size(0), 1), -(1.0 - epsilon - eps_i)))
+                grad[s : s + chunk] = _zero_rows(g, ~keep[s : s + chunk])
         nll = nll.masked_fill(~keep, 0.0).sum()
         smooth = smooth.masked_fill(~keep, 0.0).sum()
         loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
-        ctx.save_for_backward(logits, target, lse)
-        ctx.params = (epsilon, ignore_index, chunk)
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        ctx.save_for_backward(grad, target)
+        ctx.params = (epsilon, eps_i, ignore_index)
         return loss, nll
 
     @staticmethod
     def backward(ctx, grad_loss, grad_nll):
-        logits, target, lse = ctx.saved_tensors
-        epsilon, ignore_index, chunk = ctx.params
-        n, vocab = logits.shape
-        eps_i = epsilon / (vocab - 1)
-        # loss and nll are both linear in the per-row terms: combine their output grads
-        g_gold = grad_loss * (1.0 - epsilon - eps_i) + grad_nll  # weight on -log p(gold)
-        g_all = grad_loss * eps_i  # weight on -log p(v), every v
-        grad = torch.empty_like(logits)
-        for s in range(0, n, chunk):
-            t = target[s : s + chunk]
-            p = torch.exp(logits[s : s + chunk].float() - lse[s : s + chunk, None])  # (c, V)
-            g = p * (g_gold + g_all * vocab) - g_all
-            g.scatter_add_(-1, t.unsqueeze(-1), (-g_gold).expand(t.size(0), 1).to(g.dtype))
-            g.masked_fill_(t.eq(ignore_index).unsqueeze(-1), 0.0)
-            grad[s : s + chunk] = g.to(grad.dtype)
-        return grad, None, None, None, None
+        grad, target = ctx.saved_tensors
+        epsilon, eps_i, ignore_index = ctx.params
+        if grad_loss is None:
+            grad_loss = torch.zeros((), device=grad.device)
+        if grad_nll is None:  # the usual case: the nll is only logged
+            if grad.device.type == "cpu" and grad_loss.item() == 1.0:
+                return grad, None, None, None, None  # no extra pass over (N, V)
+            return grad * grad_loss, None, None, None, None
+        # d nll / dz = p - onehot = (p - w) + (w - onehot); w - onehot is eps_i off gold, -eps on gold
+        out = grad * (grad_loss + grad_nll)
+        out.add_(grad_nll * eps_i)
+        gold = (-(epsilon + eps_i) * grad_nll).to(out.dtype).expand(target.size(0), 1)
+        out.scatter_add_(-1, target.unsqueeze(-1), gold)
+        return _zero_rows(out, target.eq(ignore_index)), None, None, None, None
 
 
 def fused_label_smoothed_nll_loss(

@@ -77,6 +77,24 @@ class SinusoidalPositions(nn.Module):
         return self.weights[first : first + length]
 
 
+class _MaskDropout(torch.autograd.Function):
+    """y = x * mask * scale with mask holding 0/1 (or 0/scale with scale 1): the
+    backward is the same product, and only the mask is kept for it."""
+
+    @staticmethod
+    def forward(ctx, x, mask, scale: float):
+        ctx.save_for_backward(mask)
+        ctx.scale = scale
+        y = x * mask
+        return y if scale == 1.0 else y.mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        g = grad * mask
+        return (g if ctx.scale == 1.0 else g.mul_(ctx.scale)), None, None
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout. On CPU a uniform-threshold mask is ~2x faster than
     ``F.dropout``'s bernoulli_ (same distribution, different random stream)."""
@@ -84,20 +102,47 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    keep = torch.rand(x.shape, device=x.device) >= p
-    return torch.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+    keep = torch.rand(x.shape, device=x.device).ge_(p)  # float32 0/1
+    if x.dtype == torch.float32:
+        return _MaskDropout.apply(x, keep.mul_(1.0 / (1.0 - p)), 1.0)
+    # a bf16/fp16 mask would round 1/(1-p) (a ~0.1% bias): keep 0/1 and scale in float
+    return _MaskDropout.apply(x, keep.to(x.dtype), 1.0 / (1.0 - p))
 
 
-def sdpa(q, k, v, mask, dropout_p: float, is_causal: bool) -> torch.Tensor:
-    """scaled_dot_product_attention; on CPU, bf16 inputs run the kernel in float32
-    (torch 2.13's bf16 CPU flash-attention backward is ~4x slower than float32)."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        with torch.autocast("cpu", enabled=False):  # autocast would cast back to bf16
-            out = F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
-            )
-        return out.to(torch.bfloat16)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+# On CPU, attention over at most this many keys runs as plain matmuls + softmax
+# (faster than the fused kernel for short sentences in float32; bf16 always, whose fused
+# CPU backward is slow). Measured in bench/ab_cpu_step.py attention.
+CPU_EXPLICIT_ATTENTION_MAX_KEYS = 128
+
+
+def explicit_attention(q, k, v, mask, is_causal: bool, p: float, training: bool):
+    """softmax(q k^T / sqrt(D) + masks) v with the matmuls in the inputs' dtype and the
+    softmax in at least float32. q: (B, H, Tq, D), k/v: (B, H, Tk, D), mask: (B, 1, 1, Tk)
+    True = attend (or None). Returns the output (B, H, Tq, D) and the probabilities
+    (B, H, Tq, Tk), the latter before dropout."""
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.size(-1))), k.transpose(-1, -2))  # (B, H, Tq, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    if is_causal:
+        tq, tk = scores.shape[-2:]
+        future = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu_(tk - tq + 1)
+        scores = scores.masked_fill(future, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    out = torch.matmul(dropout(probs.to(v.dtype), p, training), v)
+    return out, probs
+
+
+def attention(q, k, v, mask, is_causal: bool, p: float, training: bool, need_weights: bool = False):
+    """Scaled dot-product attention (B, H, Tq, D) -> (B, H, Tq, D), and the head-averaged
+    weights (B, Tq, Tk) when asked. On CPU the explicit form runs for every dtype but
+    float32 (torch 2.13's fused bf16 CPU backward is ~4x slower than float32) and for
+    float32 up to CPU_EXPLICIT_ATTENTION_MAX_KEYS keys; elsewhere the fused kernel."""
+    cpu = q.device.type == "cpu"
+    if need_weights or (cpu and (q.dtype != torch.float32 or k.size(2) <= CPU_EXPLICIT_ATTENTION_MAX_KEYS)):
+        out, probs = explicit_attention(q, k, v, mask, is_causal, p, training)
+        return out, (probs.mean(dim=1).to(q.dtype) if need_weights else None)
+    p = p if training else 0.0
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal), None
 
 
 def fused_linear(x: torch.Tensor, *projs: nn.Linear):
@@ -174,29 +219,12 @@ class MultiheadAttention(nn.Module):
         group = q.size(0) // k.size(0)  # > 1: G query rows (beams) share one key row
         if group > 1:
             q = _group_rows(q, group)  # (B, H, G * Tq, D)
-        if need_weights:
-            out, weights = self._attention_with_weights(q, k, v, mask, is_causal, p)
-        else:
-            out = sdpa(q, k, v, mask, p, is_causal)
-            weights = None
+        out, weights = attention(q, k, v, mask, is_causal, p, self.training, need_weights)
         if group > 1:
             out = _ungroup_rows(out, group)  # (B * G, H, Tq, D)
             weights = None if weights is None else weights.reshape(out.size(0), -1, weights.size(-1))
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)  # (B, Tq, C)
         return self.out_proj(out), weights
-
-    def _attention_with_weights(self, q, k, v, mask, is_causal, p):
-        """Explicit attention that also returns head-averaged weights (B, Tq, Tk)."""
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        if is_causal:
-            tq, tk = scores.shape[-2:]
-            future = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(tk - tq + 1)
-            scores = scores.masked_fill(future, float("-inf"))
-        probs = torch.softmax(scores.float(), dim=-1).type_as(q)
-        out = torch.matmul(dropout(probs, p, self.training), v)
-        return out, probs.mean(dim=1)
 
 
 def build_ffn(module: nn.Module, dim: int, ffn_dim: int, args) -> None:

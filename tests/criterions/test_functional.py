@@ -115,3 +115,21 @@ def test_multi_pass_x_divergence_is_zero_for_equal_passes():
     z = torch.randn(1, 3, 4, 9).to(torch.bfloat16).expand(3, 3, 4, 9)
     _, _, div = multi_pass_ce_from_logits(z, torch.full((3, 4), 5), 0.1, 1, "x")
     assert div.item() == pytest.approx(0.0, abs=1e-6)  # up to float32 rounding of the mean
+
+
+def test_fused_ce_leaves_float32_logits_untouched_and_scales_its_gradient():
+    """The fused CE works on a float32 copy of each chunk (an in-place exp on a view of
+    float32 logits would corrupt them), and an upstream gradient scales the stored one."""
+    from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7, requires_grad=True)
+    before = logits.detach().clone()
+    target = torch.tensor([0, 3, 1, 6, 1])  # pad index 1
+    loss, nll = fused_label_smoothed_nll_loss(logits, target, 0.1, 1, chunk=2)
+    torch.testing.assert_close(logits.detach(), before)
+    (3.0 * loss).backward()
+    ref = before.clone().requires_grad_(True)
+    ref_loss, _ = label_smoothed_nll_loss(torch.log_softmax(ref, -1), target, 0.1, 1)
+    (3.0 * ref_loss).backward()
+    torch.testing.assert_close(logits.grad, ref.grad)

@@ -103,3 +103,39 @@ def test_attention_weights_path_matches_sdpa():
     attn = extra["attn"]  # (B, T, S), rows sum to 1 and pads get 0
     torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:2]))
     assert attn[1, :, 3:].abs().max() == 0  # sentence 1 has 3 source tokens
+
+
+@pytest.mark.parametrize("causal,padded,tq", [(False, False, 5), (True, False, 5), (False, True, 3), (True, True, 5)])
+def test_explicit_attention_equals_sdpa(causal, padded, tq):
+    """The explicit CPU attention equals torch's fused kernel (float64, no dropout)."""
+    from nmt_sd.models.transformer import explicit_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, t, 4, generator=g, dtype=torch.float64) for t in (tq, 5, 5))
+    mask = None
+    if padded:
+        mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+        mask[1, ..., 3:] = False
+    is_causal = causal and mask is None  # SDPA takes one or the other
+    ref_mask = mask
+    if causal and mask is not None:
+        ref_mask = mask & torch.ones(tq, 5, dtype=torch.bool).tril(5 - tq)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=ref_mask, is_causal=is_causal)
+    out, probs = explicit_attention(q, k, v, mask, causal, 0.0, False)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, tq, dtype=torch.float64))
+
+
+def test_dropout_rate_scale_and_gradient():
+    from nmt_sd.models.transformer import dropout
+
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.ones(200, 500, dtype=dtype, requires_grad=True)
+        y = dropout(x, 0.3, True)
+        kept = y.ne(0)
+        assert abs(kept.float().mean().item() - 0.7) < 0.01
+        torch.testing.assert_close(y[kept].float(), torch.full_like(y[kept], 1 / 0.7).float())
+        y.float().sum().backward()
+        torch.testing.assert_close(x.grad, ((y.detach() != 0).float() / 0.7).to(dtype))
+        assert dropout(x, 0.3, False) is x

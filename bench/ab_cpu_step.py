@@ -5,9 +5,16 @@ process (so machine drift hits both alike). "before" is the implementation at gi
     python bench/ab_cpu_step.py attention --precision bf16 --max-tokens 2048
     python bench/ab_cpu_step.py attention --arch transformer_iwslt_de_en --max-tokens 4096
     python bench/ab_cpu_step.py ce --precision bf16
+    python bench/ab_cpu_step.py multipass --criterion intra_distillation \
+        --flags "--intra-k 3 --intra-alpha 5 --intra-adaptive"
+    python bench/ab_cpu_step.py softce --criterion seer
+    python bench/ab_cpu_step.py seer --criterion seer
 
 Changes: ``attention`` (explicit bf16 matmuls + float32 softmax on CPU, mask dropout);
-``ce`` (fused label-smoothed CE that makes its gradient in the forward pass).
+``ce`` (fused label-smoothed CE that makes its gradient in the forward pass);
+``multipass`` (the multi-pass CE + divergence told the loss weights, gradient in forward);
+``softce`` (fused soft CE, gradient in forward); ``seer`` (the two seer streams
+interleaved by sentence, encoder attention grouped: no copy of the encoder output).
 Prints the median ms per update of each side and the speedup (before / now).
 """
 import argparse
@@ -34,7 +41,10 @@ def module_at(rev: str, path: str, name: str):
     importing the rest of the package as it is now)."""
     src = subprocess.run(["git", "-C", REPO, "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
     mod = types.ModuleType(name)
-    exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)
+    from nmt_sd.registry import Registry
+
+    with patched(Registry, register=lambda self, key: (lambda cls: cls)):  # no second registration
+        exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)
     return mod
 
 
@@ -62,12 +72,28 @@ def before(change: str, rev: str):
 
         old = module_at(rev, "nmt_sd/criterions/functional.py", "old_functional")
         return (patched(fn, _FusedLabelSmoothedCE=old._FusedLabelSmoothedCE),)
+    if change == "multipass":
+        from nmt_sd.criterions import objective
+
+        old = module_at(rev, "nmt_sd/criterions/functional.py", "old_functional")
+        unhinted = lambda *a, weights=None, **kw: old.multi_pass_ce_from_logits(*a, **kw)  # noqa: E731
+        return (patched(objective, multi_pass_ce_from_logits=unhinted),)
+    if change == "softce":
+        from nmt_sd.criterions import functional as fn
+
+        old = module_at(rev, "nmt_sd/criterions/functional.py", "old_functional")
+        return (patched(fn, _SoftCEFromLogits=old._SoftCEFromLogits),)
+    if change == "seer":
+        from nmt_sd.criterions import seer
+
+        old = module_at(rev, "nmt_sd/criterions/seer.py", "old_seer")
+        return (patched(seer.SeerDecoder, forward=old.SeerDecoder.forward),)
     raise SystemExit(f"unknown change {change}")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("change", choices=["attention", "ce"])
+    p.add_argument("change", choices=["attention", "ce", "multipass", "softce", "seer"])
     p.add_argument("--before", default="68446f6", help="git revision of the 'before' code")
     p.add_argument("--data", default=os.path.join(REPO, "data/multi30k_de_en/bin"))
     p.add_argument("--arch", default="transformer_cpu")

@@ -335,31 +335,35 @@ def row_logsumexp(logits: torch.Tensor, chunk: int = 256) -> torch.Tensor:
 class _SoftCEFromLogits(torch.autograd.Function):
     """sum_rows w_r * -sum_v q_v log softmax(z)_v with q = softmax(teacher logits),
     chunked; d/dz = w (softmax(z) - q) (q sums to 1). The teacher gets no gradient.
-    Rows with w = 0 (pads) contribute exactly 0."""
+    Rows with w = 0 (pads) contribute exactly 0. The gradient is made in the forward
+    pass, while each chunk is in cache, and kept instead of the logits."""
 
     @staticmethod
     def forward(ctx, z, teacher, weights, chunk: int):
+        need_grad = ctx.needs_input_grad[0]
+        g = torch.empty_like(z) if need_grad else None
         total = torch.zeros((), dtype=torch.float32, device=z.device)
         for s in range(0, z.size(0), chunk):
-            zc = z[s : s + chunk].float()
+            zc = z[s : s + chunk].to(torch.float32, copy=True)  # (c, V), ours to overwrite
             q = torch.softmax(teacher[s : s + chunk].float(), -1)
-            rows = torch.logsumexp(zc, -1) - (q * zc).sum(-1)
+            qz = (q * zc).sum(-1)
+            m = zc.amax(-1, keepdim=True)
+            e = zc.sub_(m).exp_()  # exp(z - max), in place
+            se = e.sum(-1)
+            rows = m.squeeze(-1) + se.log() - qz  # logsumexp(z) - sum_v q_v z_v
             w = weights[s : s + chunk]
             total += torch.where(w != 0, rows * w, 0.0).sum()
-        ctx.save_for_backward(z, teacher, weights)
-        ctx.chunk = chunk
+            if need_grad:
+                g[s : s + chunk] = e.div_(se.unsqueeze(-1)).sub_(q).mul_(w.unsqueeze(-1))
+        ctx.save_for_backward(g)
         return total
 
     @staticmethod
     def backward(ctx, grad):
-        z, teacher, weights = ctx.saved_tensors
-        g = torch.empty_like(z)
-        for s in range(0, z.size(0), ctx.chunk):
-            p = torch.softmax(z[s : s + ctx.chunk].float(), -1)
-            q = torch.softmax(teacher[s : s + ctx.chunk].float(), -1)
-            k = weights[s : s + ctx.chunk].unsqueeze(-1) * grad  # (c, 1); 0 at pads
-            g[s : s + ctx.chunk] = ((p - q) * k).to(g.dtype)
-        return g, None, None, None
+        (g,) = ctx.saved_tensors
+        if g.device.type == "cpu" and grad.item() == 1.0:
+            return g, None, None, None
+        return g * grad, None, None, None
 
 
 def soft_cross_entropy_from_logits(
@@ -392,17 +396,70 @@ def _float_chunk(zs, s: int, c: int) -> torch.Tensor:
     return out
 
 
+def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_div):
+    """d (g_loss * CE + g_nll * NLL + g_div * divergence) / d logits for one chunk of the
+    K passes, where g_gold = g_loss (1 - eps - eps_i) + g_nll and g_all = g_loss eps_i.
+
+    Args:
+        a: (K, c, V) float32 log-probs (overwritten); p: exp(a) (overwritten);
+        t: (c,) gold; drop: (c,) True at pad rows (their gradient is 0).
+    Returns:
+        (K, c, V) float32.
+    """
+    k, vocab = a.size(0), a.size(-1)
+    g_ce = g_gold + g_all * vocab  # CE: d/dz = g_ce p - g_all - g_gold onehot
+    gd = g_div / k
+    if kind == "x":
+        # d X / d z_i = (1/K) [p_i (a_i - a_bar + 1 - s_i) - p_bar], s_i = sum_v p_i (a_i - a_bar)
+        a.sub_(a.mean(0, keepdim=True))  # a_i - a_bar, in place
+        s_i = (p * a).sum(-1, keepdim=True)  # (K, c, 1)
+        g = a.mul_(gd).add_(g_ce + gd * (1.0 - s_i)).mul_(p)
+        g.sub_(p.mean(0, keepdim=True).mul_(gd))
+    elif kind == "js":
+        _, g_div_z = _xdiv_from_lprobs(a, p, kind, True)
+        g = p.mul(g_ce).add_(g_div_z.mul_(g_div))
+    else:
+        g = p.mul_(g_ce)
+    g.sub_(g_all)
+    gold = torch.as_tensor(-g_gold, dtype=g.dtype, device=g.device).expand(k, t.size(0), 1)
+    g.scatter_add_(-1, t.view(1, -1, 1).expand(k, -1, 1), gold)
+    return g.masked_fill_(drop.view(1, -1, 1), 0.0)
+
+
+def _same(grad: torch.Tensor, weight: float) -> bool:
+    """An incoming scalar gradient equals the hinted weight up to float32 rounding (the
+    caller's float32 arithmetic may round 1/K or alpha differently from Python's)."""
+    return math.isclose(grad.item(), weight, rel_tol=1e-6, abs_tol=1e-12)
+
+
+def _store_chunk(grads, g: torch.Tensor, s: int, chunk: int) -> None:
+    """Write a (K, c, V) chunk gradient into one (K, N, V) or K (N, V) gradient tensors."""
+    if len(grads) == 1:
+        grads[0][:, s : s + chunk] = g
+    else:
+        for i, gi in enumerate(grads):
+            gi[s : s + chunk] = g[i]
+
+
 class _MultiPassCE(torch.autograd.Function):
     """K passes' label-smoothed CE (summed over passes) and their X/JS divergence in one
     chunked sweep: each chunk's log-softmax is computed once for both. The passes come as
     one (K, N, V) tensor (a view of the concatenated forward: its gradient is one tensor,
-    nothing to concatenate) or as K (N, V) tensors (sequential passes: nothing is stacked)."""
+    nothing to concatenate) or as K (N, V) tensors (sequential passes: nothing is stacked).
+
+    With ``weights = (w_loss, w_div)``, the weights the caller will put on the loss and the
+    divergence, the gradient is made in the forward pass while each chunk is in cache
+    (on CPU); backward returns it when the incoming gradients are those weights (to
+    float32 rounding; the nll unused), and otherwise recomputes the exact gradient.
+    """
 
     @staticmethod
-    def forward(ctx, target, keep, epsilon: float, kind, chunk: int, *zs):
+    def forward(ctx, target, keep, epsilon: float, kind, chunk: int, weights, *zs):
         k = zs[0].size(0) if len(zs) == 1 else len(zs)
         n, vocab = target.size(0), zs[0].size(-1)
         eps_i = epsilon / (vocab - 1)
+        early = weights is not None and ctx.needs_input_grad[6] and target.device.type == "cpu"
+        grads = [torch.empty_like(z) for z in zs] if early else None
         lse = torch.empty(k, n, dtype=torch.float32, device=target.device)
         nll = torch.zeros((), dtype=torch.float32, device=target.device)
         smooth, div = torch.zeros_like(nll), torch.zeros_like(nll)
@@ -415,59 +472,52 @@ class _MultiPassCE(torch.autograd.Function):
             gold = a.gather(-1, t.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1)  # (K, c)
             nll -= gold.masked_fill(drop, 0.0).sum()
             smooth -= a.sum(-1).masked_fill(drop, 0.0).sum()
+            p = a.exp() if (early or kind == "x") else None
             if kind == "x":  # X = 1/K sum_i sum_v (p_i - p_bar) a_i (exactly 0 for equal passes)
-                p = a.exp()
-                rows = p.sub_(p.mean(0, keepdim=True)).mul_(a).sum((0, -1))  # (c,)
-                div += rows.masked_fill(drop, 0.0).sum() / k
+                diff = (p - p.mean(0, keepdim=True)) if early else p.sub_(p.mean(0, keepdim=True))
+                div += diff.mul_(a).sum((0, -1)).masked_fill(drop, 0.0).sum() / k
             elif kind == "js":
                 rows, _ = _xdiv_from_lprobs(a, a.exp(), kind, False)
                 div += rows.masked_fill(drop, 0.0).sum()
+            if early:
+                w_loss, w_div = weights
+                g = _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i, w_loss * (1.0 - epsilon - eps_i),
+                                           w_loss * eps_i, w_div)
+                _store_chunk(grads, g, s, chunk)
+        ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None
         ctx.save_for_backward(target, keep, lse, *zs)
-        ctx.params = (epsilon, kind, chunk)
+        ctx.params = (epsilon, kind, chunk, weights if early else None)
+        ctx.early = grads
         loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
         return loss, nll, div
 
     @staticmethod
     def backward(ctx, grad_loss, grad_nll, grad_div):
         target, keep, lse, *zs = ctx.saved_tensors
-        epsilon, kind, chunk = ctx.params
+        epsilon, kind, chunk, weights = ctx.params
+        early, ctx.early = ctx.early, None
+        zero = torch.zeros((), dtype=torch.float32, device=target.device)
+        grad_loss = zero if grad_loss is None else grad_loss
+        grad_div = zero if grad_div is None else grad_div
+        if early is not None and grad_nll is None and _same(grad_loss, weights[0]) and _same(grad_div, weights[1]):
+            return (None, None, None, None, None, None, *early)
+        grad_nll = zero if grad_nll is None else grad_nll
         k, n = lse.shape
-        vocab = zs[0].size(-1)
-        eps_i = epsilon / (vocab - 1)
+        eps_i = epsilon / (zs[0].size(-1) - 1)
         g_gold = grad_loss * (1.0 - epsilon - eps_i) + grad_nll  # weight on -log p(gold)
         g_all = grad_loss * eps_i  # weight on -log p(v), every v
-        g_ce = g_gold + g_all * vocab  # CE: d/dz = g_ce p - g_all - g_gold onehot
-        gd = grad_div / k
         grads = [torch.empty_like(z) for z in zs]
         for s in range(0, n, chunk):
-            t = target[s : s + chunk]
-            a = _float_chunk(zs, s, chunk).sub_(lse[:, s : s + chunk].unsqueeze(-1))  # (K, c, V)
-            p = a.exp()
-            if kind == "x":
-                # d X / d z_i = (1/K) [p_i (a_i - a_bar + 1 - s_i) - p_bar], s_i = sum_v p_i (a_i - a_bar)
-                a.sub_(a.mean(0, keepdim=True))  # a_i - a_bar, in place
-                s_i = (p * a).sum(-1, keepdim=True)  # (K, c, 1)
-                g = a.mul_(gd).add_(g_ce + gd * (1.0 - s_i)).mul_(p)
-                g.sub_(p.mean(0, keepdim=True).mul_(gd))
-            elif kind == "js":
-                _, g_div = _xdiv_from_lprobs(a, p, kind, True)
-                g = p.mul(g_ce).add_(g_div.mul_(grad_div))
-            else:
-                g = p.mul_(g_ce)
-            g.sub_(g_all)
-            g.scatter_add_(-1, t.view(1, -1, 1).expand(k, -1, 1), (-g_gold).expand(k, t.size(0), 1).to(g.dtype))
-            g.masked_fill_(~keep[s : s + chunk].view(1, -1, 1), 0.0)
-            if len(grads) == 1:
-                grads[0][:, s : s + chunk] = g
-            else:
-                for i, gi in enumerate(grads):
-                    gi[s : s + chunk] = g[i]
-        return (None, None, None, None, None, *grads)
+            a = _float_chunk(zs, s, chunk).sub_(lse[:, s : s + chunk].unsqueeze(-1))  # (K, c, V) log-probs
+            g = _multi_pass_chunk_grad(a, a.exp(), target[s : s + chunk], ~keep[s : s + chunk], kind, eps_i,
+                                       g_gold, g_all, grad_div)
+            _store_chunk(grads, g, s, chunk)
+        return (None, None, None, None, None, None, *grads)
 
 
 def multi_pass_ce_from_logits(
     logits, target: torch.Tensor, epsilon: float, ignore_index: int,
-    divergence=None, chunk: int = 32,
+    divergence=None, chunk: int = 32, weights: Optional[Tuple[float, float]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Label-smoothed CE of K passes and their divergence to the mean, fused.
 
@@ -481,6 +531,8 @@ def multi_pass_ce_from_logits(
             tensors (sequential passes), any float dtype.
         target: (B, T) or (N,) gold indices; ``ignore_index`` rows are excluded.
         divergence: "x", "js" or None (CE only; the returned divergence is 0).
+        weights: (w_loss, w_div), the caller's weights on loss and divergence: a hint
+            that lets the gradient be made in the forward pass (exact either way).
     Returns:
         (loss, nll_loss, divergence) scalar float32 sums; loss and nll summed over passes.
     """
@@ -492,4 +544,4 @@ def multi_pass_ce_from_logits(
         zs = (logits.reshape(logits.size(0), -1, logits.size(-1)),)
     else:
         zs = tuple(z.reshape(-1, z.size(-1)) for z in logits)
-    return _MultiPassCE.apply(flat_t, keep, epsilon, divergence, chunk, *zs)
+    return _MultiPassCE.apply(flat_t, keep, epsilon, divergence, chunk, weights, *zs)

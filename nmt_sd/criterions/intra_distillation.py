@@ -79,6 +79,9 @@ class IntraDistillationTerm(Term):
         x = x_divergence_from_logits([p.logits for p in passes], pad_mask, self.divergence)
         return self.from_divergence(x, sample, num_updates)
 
+    def divergence_weight(self, num_updates: int) -> float:
+        return self.alpha_at(num_updates)
+
     def from_divergence(self, x, sample, num_updates: int):
         alpha = self.alpha_at(num_updates)
         # alpha logged token-weighted, so the per-token reduction gives its mean

@@ -48,6 +48,10 @@ class Term(nn.Module):
         """(loss sum, logs) of this term given the passes' divergence sum ``div``."""
         raise NotImplementedError
 
+    def divergence_weight(self, num_updates: int) -> float:
+        """d from_divergence(div) / d div (the term is linear in the divergence)."""
+        raise NotImplementedError
+
     def ce_scale_for(self, sample) -> float:
         """The multiplier on the CE part for this batch (LSSD's 1/2 applies to distilled
         batches only); the constant ``ce_scale`` by default."""
@@ -201,17 +205,22 @@ class Objective(Criterion):
         passes = run_passes(model, sample["net_input"], k, mode, **kw)
         need_lp = any(t.needs_lprobs for t in terms)
         fused = k > 1 and not need_lp and self.consistency.divergence is not None
+        scale = math.prod(t.ce_scale_for(sample) for t in terms)
+        mean_ce = k > 1 and self.consistency.ce_reduction == "mean"
         if fused:  # CE of every pass and the consistency divergence in one sweep
-            ce_loss, nll, div = multi_pass_ce_from_logits(
-                pass_logits(passes), sample["target"], self.eps, self.padding_idx, self.consistency.divergence)
+            # the weights the loss below puts on the CE sum and the divergence: with them
+            # the fused loss makes its gradient in the forward pass
+            weights = (scale / k if mean_ce else scale, self.consistency.divergence_weight(self.num_updates))
+            ce_loss, nll, div = multi_pass_ce_from_logits(pass_logits(passes), sample["target"], self.eps,
+                                                          self.padding_idx, self.consistency.divergence,
+                                                          weights=weights)
             nll = nll / k
         else:
             ce_parts = [self.ce(p, sample["target"], need_lp) for p in passes]
             ce_loss = sum(c[0] for c in ce_parts)
             nll = sum(c[1] for c in ce_parts) / k
-        if k > 1 and self.consistency.ce_reduction == "mean":
+        if mean_ce:
             ce_loss = ce_loss / k
-        scale = math.prod(t.ce_scale_for(sample) for t in terms)
         loss = ce_loss * scale if scale != 1.0 else ce_loss
         ntokens = sample["ntokens"]
         logs = {"nll_loss": nll.detach(), "ntokens": ntokens, "nsentences": sample["nsentences"], "sample_size": ntokens}

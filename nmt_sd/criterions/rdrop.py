@@ -42,6 +42,9 @@ class RDropTerm(Term):
         kl = symmetric_kl_from_logits(passes[0].logits, passes[1].logits, pad_mask)
         return self.alpha * kl, {"rdrop_kl": kl.detach()}
 
+    def divergence_weight(self, num_updates: int) -> float:
+        return 2.0 * self.alpha
+
     def from_divergence(self, div, sample, num_updates: int):
         kl = 2.0 * div  # 1/2 sum (p-q)(log p - log q) = 2 * 1/2 sum_i (p_i - p_bar) log p_i
         return self.alpha * kl, {"rdrop_kl": kl.detach()}

@@ -99,14 +99,17 @@ class SeerDecoder(nn.Module):
             logits (B, T, V); with ``return_streams`` also {"past", "future"}: the top
             layer's realigned streams (B, T, C) before ``seer_trans``.
         """
-        b = x.size(0)
-        both = torch.cat([x, reverse_within_length(x, lengths)], dim=0)  # (2B, T, C)
-        enc2 = EncoderOut(torch.cat([enc.out, enc.out]), torch.cat([enc.padding_mask, enc.padding_mask]))
+        b, t, c = x.shape
+        # the two streams interleaved by sentence (past_0, future_0, past_1, ...): encoder
+        # attention then serves both streams of a sentence from one encoder row (queries
+        # grouped, as beams are in search), with no copy of the encoder output
+        both = torch.stack([x, reverse_within_length(x, lengths)], dim=1).view(2 * b, t, c)  # (2B, T, C)
         for layer in self.layers[:-1]:
-            both, _ = layer(both, enc2)  # causal; right padding never reaches real positions
+            both, _ = layer(both, enc)  # causal; right padding never reaches real positions
         top = self.layers[-1]
         both, _ = top._sublayer(both, top.self_attn_layer_norm, lambda h: top.self_attn(h, h, causal=True))
-        past, future = both[:b], realign_future(both[b:], lengths)
+        both = both.view(b, 2, t, c)
+        past, future = both[:, 0], realign_future(both[:, 1], lengths)
         h = self.seer_trans(torch.cat([past, future], dim=-1))  # (B, T, 2C) -> (B, T, C)
         h, _ = top._sublayer(h, top.encoder_attn_layer_norm,
                              lambda q: top.encoder_attn(q, enc.out, key_padding_mask=enc.padding_mask))

@@ -78,8 +78,9 @@ def test_fused_soft_cross_entropy_matches_reference():
     zt2 = zt.clone().requires_grad_()
     got = soft_cross_entropy_from_logits(z2, zt2, pad, chunk=3)
     assert got.item() == pytest.approx(ref.item(), rel=1e-5)
-    got.backward()
-    torch.testing.assert_close(z2.grad, g, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(z2.detach(), zs.detach())  # the in-place exp works on a copy
+    (0.3 * got).backward()  # an upstream gradient scales the one made in forward
+    torch.testing.assert_close(z2.grad, 0.3 * g, atol=1e-6, rtol=1e-5)
     assert zt2.grad is None  # the teacher gets no gradient
 
 
@@ -133,3 +134,32 @@ def test_fused_ce_leaves_float32_logits_untouched_and_scales_its_gradient():
     ref_loss, _ = label_smoothed_nll_loss(torch.log_softmax(ref, -1), target, 0.1, 1)
     (3.0 * ref_loss).backward()
     torch.testing.assert_close(logits.grad, ref.grad)
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+@pytest.mark.parametrize("kind", ["x", "js"])
+@pytest.mark.parametrize("hint", ["match", "differs", "none"])
+def test_multi_pass_gradient_made_in_forward(hint, kind, as_list, monkeypatch):
+    """With the caller's weights as a hint the gradient is made in forward and backward
+    does no chunk work; a wrong or missing hint still gives the exact gradient."""
+    from nmt_sd.criterions import functional as fn
+
+    calls = []
+    real = fn._multi_pass_chunk_grad
+    monkeypatch.setattr(fn, "_multi_pass_chunk_grad", lambda *a: calls.append(1) or real(*a))
+    k, w = 3, (0.5, 2.5)
+    z = (torch.randn(k, 2, 5, 11, dtype=torch.float64) * 2).requires_grad_()
+    target = torch.tensor([[3, 4, 5, 6, 2], [7, 8, 2, 1, 1]])  # 1 = pad
+    lp = torch.log_softmax(z, -1)
+    ce = sum(label_smoothed_nll_loss(lp[i].reshape(-1, 11), target.reshape(-1), 0.1, 1)[0] for i in range(k))
+    ref_g, = torch.autograd.grad(w[0] * ce + w[1] * fn.x_divergence(list(lp), target.eq(1), kind), z)
+    zs = [z[i].detach().clone().requires_grad_() for i in range(k)]
+    z2 = z.detach().clone().requires_grad_()
+    weights = {"match": w, "differs": (1.0, 1.0), "none": None}[hint]
+    loss, _, div = fn.multi_pass_ce_from_logits(zs if as_list else z2, target, 0.1, 1, kind, chunk=3, weights=weights)
+    in_forward = len(calls)
+    (w[0] * loss + w[1] * div).backward()
+    assert in_forward == (0 if hint == "none" else 4)  # 10 rows in chunks of 3
+    assert len(calls) - in_forward == (0 if hint == "match" else 4)
+    grad = torch.stack([zi.grad for zi in zs]) if as_list else z2.grad
+    torch.testing.assert_close(grad, ref_g.to(grad.dtype), atol=1e-6, rtol=1e-5)  # float32 chunks

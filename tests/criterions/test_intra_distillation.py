@@ -84,3 +84,34 @@ def test_term_uses_update_counter():
     assert float(l0["intra_alpha"]) == 0.0
     intra.set_num_updates(20)  # N/p = 20 -> full alpha
     assert float(intra(model, b)[2]["intra_alpha"]) == pytest.approx(5.0 * b["ntokens"])
+
+
+@pytest.mark.parametrize("crit,over", [
+    ("rdrop", dict(rdrop_alpha=5.0)),
+    ("intra_distillation", dict(intra_k=3, intra_alpha=5.0, intra_adaptive=True)),
+    ("intra_distillation", dict(intra_k=3, intra_alpha=5.0, intra_passes="concat")),
+])
+def test_objective_makes_the_multi_pass_gradient_in_forward(crit, over, monkeypatch):
+    """The objective hints its loss weights to the fused loss: backward does no chunk
+    work, and the gradients equal those of the same passes without the hint."""
+    from nmt_sd.criterions import functional as fn
+
+    model, b = model_and_batch(dropout=0.3)
+    c, _ = objective(crit, **over)
+    c.set_num_updates(30)  # mid-way through the adaptive schedule (N = 100)
+    _, g_hint, _ = loss_and_grads(c, model, b, seed=4)
+    calls = []
+    real_grad, real_loss = fn._multi_pass_chunk_grad, fn.multi_pass_ce_from_logits
+    monkeypatch.setattr(fn, "_multi_pass_chunk_grad", lambda *a: calls.append(1) or real_grad(*a))
+    torch.manual_seed(4)
+    model.zero_grad()
+    loss, _, _ = c(model, b)
+    n = len(calls)
+    loss.backward()
+    assert n > 0 and len(calls) == n  # made in forward only
+    import nmt_sd.criterions.objective as obj
+
+    monkeypatch.setattr(obj, "multi_pass_ce_from_logits", lambda *a, weights=None, **kw: real_loss(*a, **kw))
+    _, g_plain, _ = loss_and_grads(c, model, b, seed=4)
+    for name in g_plain:
+        torch.testing.assert_close(g_hint[name], g_plain[name], atol=1e-5, rtol=1e-4)  # float32 rounding

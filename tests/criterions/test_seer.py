@@ -78,6 +78,28 @@ def test_padded_future_stream_equals_the_sentence_alone_in_a_batch(monkeypatch):
     assert not torch.allclose(buggy["future"][0, :4], alone["future"][0], atol=1e-3)
 
 
+def test_interleaved_streams_equal_the_streams_run_separately():
+    """Both streams run interleaved by sentence through the shared layers (encoder
+    attention grouped per sentence); the result equals each stream run on its own."""
+    from nmt_sd.models.transformer import EncoderOut
+
+    model, b = model_and_batch(dropout=0.0)
+    crit, d = objective("seer")
+    term = crit.terms[0]
+    _, streams = outputs(crit, model, b, streams=True)
+    _, extra = model(**b["net_input"], return_all_hiddens=True)
+    x, enc = extra["inner_states"][0], extra["encoder_out"]
+    lengths = b["net_input"]["prev_output_tokens"].ne(d.pad()).sum(1)
+    run = {}
+    for name, h in (("past", x), ("future", seer_mod.reverse_within_length(x, lengths))):
+        for layer in term.seer.layers[:-1]:
+            h, _ = layer(h, EncoderOut(enc.out, enc.padding_mask))
+        top = term.seer.layers[-1]
+        run[name], _ = top._sublayer(h, top.self_attn_layer_norm, lambda q: top.self_attn(q, q, causal=True))
+    torch.testing.assert_close(streams["past"], run["past"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(streams["future"], seer_mod.realign_future(run["future"], lengths), atol=1e-5, rtol=1e-5)
+
+
 def test_soft_cross_entropy_hand_computation():
     teacher = torch.tensor([[[0.7, 0.3], [0.5, 0.5]]])
     student = torch.tensor([[[0.4, 0.6], [0.9, 0.1]]])

@@ -41,6 +41,14 @@ def _zero_rows(g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return g.masked_fill_(rows.unsqueeze(-1), 0.0)
 
 
+def _times_upstream(g: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A gradient made in forward times the scalar upstream gradient; on CPU an upstream 1
+    (the trainer's case) returns ``g`` itself, with no extra pass over it."""
+    if g.device.type == "cpu" and grad.item() == 1.0:
+        return g
+    return g * grad
+
+
 class _FusedLabelSmoothedCE(torch.autograd.Function):
     """Label-smoothed CE straight from logits, chunked over rows.
 
@@ -91,9 +99,7 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
         if grad_loss is None:
             grad_loss = torch.zeros((), device=grad.device)
         if grad_nll is None:  # the usual case: the nll is only logged
-            if grad.device.type == "cpu" and grad_loss.item() == 1.0:
-                return grad, None, None, None, None  # no extra pass over (N, V)
-            return grad * grad_loss, None, None, None, None
+            return _times_upstream(grad, grad_loss), None, None, None, None
         # d nll / dz = p - onehot = (p - w) + (w - onehot); w - onehot is eps_i off gold, -eps on gold
         out = grad * (grad_loss + grad_nll)
         out.add_(grad_nll * eps_i)
@@ -361,9 +367,7 @@ class _SoftCEFromLogits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (g,) = ctx.saved_tensors
-        if g.device.type == "cpu" and grad.item() == 1.0:
-            return g, None, None, None
-        return g * grad, None, None, None
+        return _times_upstream(g, grad), None, None, None
 
 
 def soft_cross_entropy_from_logits(
@@ -477,7 +481,7 @@ class _MultiPassCE(torch.autograd.Function):
                 diff = (p - p.mean(0, keepdim=True)) if early else p.sub_(p.mean(0, keepdim=True))
                 div += diff.mul_(a).sum((0, -1)).masked_fill(drop, 0.0).sum() / k
             elif kind == "js":
-                rows, _ = _xdiv_from_lprobs(a, a.exp(), kind, False)
+                rows, _ = _xdiv_from_lprobs(a, a.exp() if p is None else p, kind, False)
                 div += rows.masked_fill(drop, 0.0).sum()
             if early:
                 w_loss, w_div = weights

@@ -34,11 +34,14 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def _zero_rows(g: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """g[rows] = 0 for a bool row mask; on CPU only the selected rows are written."""
+def _zero_rows(g: torch.Tensor, rows: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Zero g's rows along ``dim`` where the bool mask ``rows`` is True; on CPU only the
+    selected rows are written."""
     if g.device.type == "cpu":
-        return g.index_fill_(0, rows.nonzero().squeeze(-1), 0.0)
-    return g.masked_fill_(rows.unsqueeze(-1), 0.0)
+        return g.index_fill_(dim, rows.nonzero().squeeze(-1), 0.0)
+    shape = [1] * g.dim()
+    shape[dim] = rows.numel()
+    return g.masked_fill_(rows.view(shape), 0.0)
 
 
 def _times_upstream(g: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -400,13 +403,32 @@ def _float_chunk(zs, s: int, c: int) -> torch.Tensor:
     return out
 
 
-def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_div):
+def _mean_over_passes(x: torch.Tensor) -> torch.Tensor:
+    """x.mean(0) for a (K, c, V) tensor, as K-1 adds of contiguous slices (a reduction over
+    the leading dim is several times slower on CPU)."""
+    out = x[0].clone()
+    for i in range(1, x.size(0)):
+        out.add_(x[i])
+    return out.div_(x.size(0))
+
+
+def _x_centre(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Centre the log-probs in place, a_i <- a_i - a_bar, and return
+    s_i = sum_v p_i (a_i - a_bar), (K, c, 1). The X-divergence of each row is
+    sum_i s_i / K, since sum_i sum_v p_bar a_i = sum_i sum_v p_i a_bar."""
+    a.sub_(_mean_over_passes(a))
+    return torch.linalg.vecdot(p, a).unsqueeze(-1)
+
+
+def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_div, s_i=None):
     """d (g_loss * CE + g_nll * NLL + g_div * divergence) / d logits for one chunk of the
     K passes, where g_gold = g_loss (1 - eps - eps_i) + g_nll and g_all = g_loss eps_i.
 
     Args:
-        a: (K, c, V) float32 log-probs (overwritten); p: exp(a) (overwritten);
-        t: (c,) gold; drop: (c,) True at pad rows (their gradient is 0).
+        a: (K, c, V) float32 log-probs (overwritten), or for kind "x" with ``s_i`` given,
+            log-probs already centred by ``_x_centre``; p: exp(a) (overwritten for
+            kinds other than "x"); t: (c,) gold; drop: (c,) True at pad rows (their
+            gradient is 0).
     Returns:
         (K, c, V) float32.
     """
@@ -415,19 +437,18 @@ def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_d
     gd = g_div / k
     if kind == "x":
         # d X / d z_i = (1/K) [p_i (a_i - a_bar + 1 - s_i) - p_bar], s_i = sum_v p_i (a_i - a_bar)
-        a.sub_(a.mean(0, keepdim=True))  # a_i - a_bar, in place
-        s_i = (p * a).sum(-1, keepdim=True)  # (K, c, 1)
+        if s_i is None:
+            s_i = _x_centre(a, p)
         g = a.mul_(gd).add_(g_ce + gd * (1.0 - s_i)).mul_(p)
-        g.sub_(p.mean(0, keepdim=True).mul_(gd))
+        g.sub_(_mean_over_passes(p).mul_(gd).add_(g_all))  # the p_bar and CE's -g_all terms in one pass
     elif kind == "js":
         _, g_div_z = _xdiv_from_lprobs(a, p, kind, True)
-        g = p.mul(g_ce).add_(g_div_z.mul_(g_div))
+        g = p.mul(g_ce).add_(g_div_z.mul_(g_div)).sub_(g_all)
     else:
-        g = p.mul_(g_ce)
-    g.sub_(g_all)
+        g = p.mul_(g_ce).sub_(g_all)
     gold = torch.as_tensor(-g_gold, dtype=g.dtype, device=g.device).expand(k, t.size(0), 1)
     g.scatter_add_(-1, t.view(1, -1, 1).expand(k, -1, 1), gold)
-    return g.masked_fill_(drop.view(1, -1, 1), 0.0)
+    return _zero_rows(g, drop, dim=1)
 
 
 def _same(grad: torch.Tensor, weight: float) -> bool:
@@ -477,16 +498,17 @@ class _MultiPassCE(torch.autograd.Function):
             nll -= gold.masked_fill(drop, 0.0).sum()
             smooth -= a.sum(-1).masked_fill(drop, 0.0).sum()
             p = a.exp() if (early or kind == "x") else None
-            if kind == "x":  # X = 1/K sum_i sum_v (p_i - p_bar) a_i (exactly 0 for equal passes)
-                diff = (p - p.mean(0, keepdim=True)) if early else p.sub_(p.mean(0, keepdim=True))
-                div += diff.mul_(a).sum((0, -1)).masked_fill(drop, 0.0).sum() / k
+            s_i = None
+            if kind == "x":  # X = 1/K sum_i s_i, s_i = sum_v p_i (a_i - a_bar) (a is centred in place)
+                s_i = _x_centre(a, p)
+                div += s_i.sum(0).squeeze(-1).masked_fill(drop, 0.0).sum() / k
             elif kind == "js":
                 rows, _ = _xdiv_from_lprobs(a, a.exp() if p is None else p, kind, False)
                 div += rows.masked_fill(drop, 0.0).sum()
             if early:
                 w_loss, w_div = weights
                 g = _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i, w_loss * (1.0 - epsilon - eps_i),
-                                           w_loss * eps_i, w_div)
+                                           w_loss * eps_i, w_div, s_i)
                 _store_chunk(grads, g, s, chunk)
         ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None
         ctx.save_for_backward(target, keep, lse, *zs)

@@ -103,10 +103,14 @@ def prime_teachers(task, trainer) -> None:
 
 def ratios(a) -> list:
     """Step time of every criterion on the same batches, interleaved in one process (so
-    machine-speed drift hits all criteria alike); median ms per update and ratio to the first."""
+    machine-speed drift hits all criteria alike); median ms per update and ratio to the first.
+    The first warm-up batch counts each step's matmul FLOPs (forward and backward, with
+    torch's FlopCounterMode): the FLOP ratio is the floor a time ratio can reach when
+    matmuls dominate."""
     import statistics
 
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(a.threads)
     specs = [spec.partition("=")[::2] for spec in a.criteria]
@@ -117,8 +121,14 @@ def ratios(a) -> list:
     gen = itr.next_epoch_itr()
     batches = [next(gen) for _ in range(a.warmup + a.updates)]
     times = [[] for _ in specs]
+    flops = [0] * len(specs)
     for i, b in enumerate(batches):
         for j, (_, trainer) in enumerate(built):
+            if i == 0:  # the first warm-up batch also counts the step's matmul FLOPs (not timed)
+                with FlopCounterMode(display=False) as counter:
+                    trainer.train_step([b])
+                flops[j] = counter.get_total_flops()
+                continue
             t0 = time.perf_counter()
             trainer.train_step([b])
             if i >= a.warmup:
@@ -127,13 +137,15 @@ def ratios(a) -> list:
     ntok = statistics.mean(b["ntokens"] for b in batches[a.warmup :])
     return [{"criterion": crit, "flags": flags, "precision": a.precision, "arch": a.arch,
              "ms_per_update": 1000 * statistics.median(t), "ratio": statistics.median(t) / base,
-             "tokens_per_s": ntok / statistics.median(t)} for (crit, flags), t in zip(specs, times)]
+             "tokens_per_s": ntok / statistics.median(t), "gflop": f / 1e9, "flop_ratio": f / flops[0]}
+            for (crit, flags), t, f in zip(specs, times, flops)]
 
 
 RATIO_COLS = [("arch", lambda r: r["arch"]), ("criterion", lambda r: r["criterion"]),
               ("flags", lambda r: f"`{r['flags']}`" if r["flags"] else ""), ("precision", lambda r: r["precision"]),
               ("median ms/update", lambda r: f"{r['ms_per_update']:.0f}"), ("tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"),
-              ("ratio to first", lambda r: f"{r['ratio']:.2f}")]
+              ("ratio to first", lambda r: f"{r['ratio']:.2f}"),
+              ("matmul GFLOP/update", lambda r: f"{r['gflop']:.0f}"), ("FLOP ratio", lambda r: f"{r['flop_ratio']:.2f}")]
 
 
 def generate_one(a) -> dict:

@@ -152,12 +152,13 @@ def generate_one(a) -> dict:
     import torch
 
     from nmt_sd.cli.generate import decode_batch
-    from nmt_sd.generation.load import inference_autocast, load_model_for_inference
+    from nmt_sd.generation.load import half_precision_linears, inference_autocast, load_model_for_inference
     from nmt_sd.generation.search import special_ids
 
     torch.set_num_threads(a.threads)
     device = torch.device("cpu")
     model, task, _ = load_model_for_inference(a.path, a.data)
+    half_precision_linears(model, a.precision == "bf16", False)
     ds = task.load_dataset(a.subset)
     itr = task.get_batch_iterator(ds, a.max_tokens, None, model.max_positions(), shuffle=False)
     gargs = argparse.Namespace(beam=a.beam, nbest=1, max_len_a=1.2, max_len_b=10, min_len=1, lenpen=1.0, unkpen=0.0)

@@ -9,7 +9,7 @@ import torch
 
 from nmt_sd.cli.common import run_cli
 from nmt_sd.errors import NmtSdError
-from nmt_sd.generation.load import inference_autocast, load_model_for_inference
+from nmt_sd.generation.load import half_precision_linears, inference_autocast, load_model_for_inference
 from nmt_sd.generation.scoring import format_result, score_corpus
 from nmt_sd.generation.search import beam_search, greedy_search, special_ids
 from nmt_sd.options import ArgumentParser, add_generation_args
@@ -61,6 +61,7 @@ def main(argv=None) -> None:
     args = get_parser().parse_args(argv)
     device = setup_inference_device(args)
     model, task, _ = load_model_for_inference(args.path, args.data, args.source_lang, args.target_lang, device)
+    half_precision_linears(model, args.bf16, args.fp16)
     ds = task.load_dataset(args.gen_subset)
     has_target = ds.tgt is not None
     itr = task.get_batch_iterator(ds, args.max_tokens or 12000, args.batch_size, model.max_positions(),
@@ -70,10 +71,12 @@ def main(argv=None) -> None:
         os.makedirs(args.results_path, exist_ok=True)
         out_f = open(os.path.join(args.results_path, f"generate-{args.gen_subset}.txt"), "w", encoding="utf-8")
     ids = {**special_ids(task.tgt_dict), "bos": decoder_start(task)}
-    results, t0, done, last_log = {}, time.time(), 0, time.time()
+    results, t0, done, last_log, search_s = {}, time.time(), 0, time.time(), 0.0
     for sample in itr.next_epoch_itr():
         s = move_to(sample, device)
+        t_search = time.perf_counter()
         hyps = decode_batch(model, s, args, ids, inference_autocast(device, args.bf16, args.fp16))
+        search_s += time.perf_counter() - t_search  # the search alone (fairseq's "Translated ..." timer)
         for i, sid in enumerate(sample["id"].tolist()):
             item = {"src": ds.src[sid], "tgt": ds.tgt[sid] if has_target else None}
             block = hypothesis_lines(sid, item, hyps[i][: args.nbest], task.src_dict, task.tgt_dict, args, has_target)
@@ -92,7 +95,8 @@ def main(argv=None) -> None:
     hyps_text = [results[i][0] for i in order]
     if args.results_path:
         write_lines(os.path.join(args.results_path, f"{args.gen_subset}.hyp.detok"), hyps_text)
-    logger.info(f"translated {len(order)} sentences in {elapsed:.1f}s ({len(order) / max(elapsed, 1e-9):.2f} sentences/s)")
+    logger.info(f"translated {len(order)} sentences in {elapsed:.1f}s ({len(order) / max(elapsed, 1e-9):.2f} "
+                f"sentences/s; the search alone {search_s:.1f}s, {len(order) / max(search_s, 1e-9):.2f} sentences/s)")
     if has_target and args.scoring != "none":
         res = score_corpus(hyps_text, [results[i][1] for i in order], mode=args.scoring, chrf=True)
         print(f"Generate {args.gen_subset} with beam={args.beam}: " + "\n".join(format_result(res)))

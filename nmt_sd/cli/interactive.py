@@ -13,7 +13,7 @@ from nmt_sd.cli.common import run_cli
 from nmt_sd.cli.generate import decode_batch, decoder_start, setup_inference_device
 from nmt_sd.data.dataset import collate
 from nmt_sd.errors import NmtSdError
-from nmt_sd.generation.load import inference_autocast, load_model_for_inference
+from nmt_sd.generation.load import half_precision_linears, inference_autocast, load_model_for_inference
 from nmt_sd.generation.search import special_ids
 from nmt_sd.options import ArgumentParser, add_generation_args
 
@@ -51,6 +51,7 @@ def main(argv=None) -> None:
         args.remove_bpe = args.remove_bpe or "sentencepiece"
     device = setup_inference_device(args)
     model, task, _ = load_model_for_inference(args.path, args.data, args.source_lang, args.target_lang, device)
+    half_precision_linears(model, args.bf16, args.fp16)
     ids = {**special_ids(task.tgt_dict), "bos": decoder_start(task)}
     stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
     if sys.stdin.isatty() and args.input == "-":

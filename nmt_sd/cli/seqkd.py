@@ -24,7 +24,7 @@ from nmt_sd.cli.generate import decode_batch, setup_inference_device, write_line
 from nmt_sd.criterions.kd import load_teacher
 from nmt_sd.data.indexed_dataset import write_indexed
 from nmt_sd.errors import NmtSdError
-from nmt_sd.generation.load import inference_autocast
+from nmt_sd.generation.load import half_precision_linears, inference_autocast
 from nmt_sd.generation.search import special_ids
 from nmt_sd.options import ArgumentParser, add_generation_args
 from nmt_sd.tasks import TASKS
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     if args.seq_inter and ds.tgt is None:
         raise NmtSdError(f"--seq-inter needs references: split '{args.subset}' in {args.data} has no target side")
     model, _ = load_teacher(args.path, task.src_dict, task.tgt_dict, "--path")
-    model.to(device)
+    half_precision_linears(model.to(device), args.bf16, args.fp16)
     logger.info(f"distilling {len(ds)} {args.subset} sentences with beam {args.beam}"
                 + (f", seq-inter over {args.nbest} candidates" if args.seq_inter else ""))
     hyps = distil(model, task, ds, args, device)

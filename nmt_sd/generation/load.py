@@ -37,10 +37,27 @@ def load_model_for_inference(path: str, data: str, source_lang=None, target_lang
         task.select_pair(source_lang, target_lang)  # a multilingual model: one -s/-t pair at a time
     model = TransformerModel.build_model(ckpt_args, task.src_dict, task.tgt_dict)
     load_model_state(model, state["model"], path)
-    model.to(device).eval()
+    model.to(device).eval().requires_grad_(False)  # frozen: fused projections are concatenated once
     n = sum(p.numel() for p in model.parameters())
     logger.info(f"loaded {path}: {ckpt_args.arch}, {n:,} parameters, {state.get('num_updates', '?')} updates")
     return model, task, ckpt_args
+
+
+def half_precision_linears(model: torch.nn.Module, bf16: bool, fp16: bool) -> torch.nn.Module:
+    """For bf16/fp16 inference: give every Linear its own half-precision weight and bias,
+    cast once, so autocast does not cast them again at every decoding step (its weight
+    cache is off for parameters that need no gradient). The values are autocast's own
+    casts, so the output is unchanged. A Linear tied to an embedding gets a separate copy;
+    embeddings, LayerNorms and everything outside autocast's half-precision ops stay float32."""
+    if not (bf16 or fp16):
+        return model
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.weight = torch.nn.Parameter(m.weight.detach().to(dtype), requires_grad=False)
+            if m.bias is not None:
+                m.bias = torch.nn.Parameter(m.bias.detach().to(dtype), requires_grad=False)
+    return model
 
 
 def inference_autocast(device: torch.device, bf16: bool, fp16: bool):

@@ -7,7 +7,7 @@ Incremental decoding keeps an explicit per-layer key/value cache (``DecoderCache
 that beam search reorders with ``cache.reorder(new_order)``.
 """
 import math
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -149,9 +149,23 @@ def fused_linear(x: torch.Tensor, *projs: nn.Linear):
     """Apply several Linear layers to the same input as one matmul (their weights
     concatenated): one wide GEMM runs markedly faster on CPU than three C x C ones.
     The parameters stay separate (fairseq's q_proj/k_proj/v_proj names)."""
-    w = torch.cat([p.weight for p in projs], dim=0)
-    b = torch.cat([p.bias for p in projs], dim=0)
+    w, b = _fused_params(projs)
     return F.linear(x, w, b).chunk(len(projs), dim=-1)
+
+
+def _fused_params(projs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The projections' weights and biases concatenated. For a frozen model (inference,
+    teachers: no parameter needs a gradient) they are concatenated once and kept on the
+    first projection, rebuilt only if a weight changes, rather than at every decoding step."""
+    if projs[0].weight.requires_grad:
+        return torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs])
+    key = tuple((id(p), p.weight.data_ptr(), p.weight._version, p.bias._version) for p in projs)
+    kept = projs[0].__dict__.get("_fused_params")
+    if kept is None or kept[0] != key:
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
+            kept = (key, torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs]))
+        projs[0].__dict__["_fused_params"] = kept
+    return kept[1], kept[2]
 
 
 def _group_rows(q: torch.Tensor, group: int) -> torch.Tensor:

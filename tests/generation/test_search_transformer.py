@@ -65,3 +65,46 @@ def test_grouped_cross_attention_equals_repeated_encoder_rows(model_and_batch, b
         for hg, hr in zip(hs_g, hs_r):
             assert hg["score"] == pytest.approx(hr["score"], abs=1e-5)
             torch.testing.assert_close(hg["attention"], hr["attention"], atol=1e-5, rtol=1e-5)
+
+
+def test_two_stage_candidates_equal_one_topk_over_beam_times_vocab():
+    """Cutting each row to its top 2K before the sentence's top 2K selects the same
+    candidates (parents, tokens, scores) as one top-k over beam * V."""
+    import math
+
+    from nmt_sd.generation.search import _select_candidates
+
+    torch.manual_seed(0)
+    bsz, beam, vocab = 4, 3, 11
+    lprobs = torch.log_softmax(torch.randn(bsz * beam, vocab, dtype=torch.float64), -1)
+    lprobs[:, 1] = -math.inf  # pad
+    cum = torch.randn(bsz * beam, dtype=torch.float64)
+    cum.view(bsz, beam)[0, 1:] = -math.inf  # a sentence at step 0: only beam 0 expands
+    rows, tokens, scores, _ = _select_candidates(lprobs, cum, beam, eos=2)
+    flat = (cum.unsqueeze(1) + lprobs).view(bsz, beam * vocab)
+    ref_scores, ref_idx = flat.topk(2 * beam, dim=1)
+    torch.testing.assert_close(scores, ref_scores)
+    assert torch.equal(tokens, ref_idx % vocab)
+    assert torch.equal(rows, ref_idx // vocab + torch.arange(bsz).unsqueeze(1) * beam)
+
+
+def test_half_precision_linears_give_autocasts_output_and_keep_embeddings_float32(model_and_batch):
+    """Linears cast once to bf16 translate exactly as autocast's per-step casts; a tied
+    output projection gets its own copy, the embedding stays float32."""
+    from nmt_sd.generation.load import half_precision_linears
+
+    _, d, net = model_and_batch
+    model = TransformerModel.build_model(tiny_args(share_decoder_input_output_embed=True), d, d).eval()
+    kw = dict(beam=3, nbest=3, max_len_a=1.0, max_len_b=5, **special_ids(d))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = beam_search(model, net["src_tokens"], net["src_lengths"], **kw)
+    half_precision_linears(model.requires_grad_(False), bf16=True, fp16=False)
+    assert model.decoder.output_projection.weight.dtype == torch.bfloat16
+    assert model.decoder.embed_tokens.weight.dtype == torch.float32
+    assert model.encoder.layers[0].fc1.bias.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = beam_search(model, net["src_tokens"], net["src_lengths"], **kw)
+    for hs_r, hs_g in zip(ref, got):
+        assert [h["tokens"].tolist() for h in hs_r] == [h["tokens"].tolist() for h in hs_g]
+        for hr, hg in zip(hs_r, hs_g):
+            assert hr["score"] == hg["score"]

@@ -139,3 +139,33 @@ def test_dropout_rate_scale_and_gradient():
         y.float().sum().backward()
         torch.testing.assert_close(x.grad, ((y.detach() != 0).float() / 0.7).to(dtype))
         assert dropout(x, 0.3, False) is x
+
+
+def test_frozen_fused_projections_are_concatenated_once_and_follow_weight_changes(monkeypatch):
+    """A frozen model (inference, teachers) keeps its fused q/k/v weights between calls;
+    an in-place weight change (a teacher update) rebuilds them; a trainable model never
+    keeps them."""
+    from nmt_sd.models import transformer as tr
+
+    torch.manual_seed(0)
+    attn = tr.MultiheadAttention(8, 2).requires_grad_(False)
+    x = torch.randn(2, 3, 8)
+    cats = []
+    real_cat = torch.cat
+    monkeypatch.setattr(tr.torch, "cat", lambda *a, **k: cats.append(1) or real_cat(*a, **k))
+    with torch.inference_mode():
+        out1, _ = attn(x, x)
+        out2, _ = attn(x, x)
+    assert len(cats) == 2  # weights and biases, once
+    torch.testing.assert_close(out1, out2)
+    with torch.no_grad():
+        attn.k_proj.weight.mul_(2.0)
+    out3, _ = attn(x, x)  # outside inference mode: the kept tensors are normal ones
+    assert len(cats) == 4
+    ref = tr.MultiheadAttention(8, 2)
+    ref.load_state_dict(attn.state_dict())
+    torch.testing.assert_close(out3, ref(x, x)[0].detach())
+    cats.clear()
+    ref(x, x)
+    ref(x, x)
+    assert len(cats) == 4  # trainable: concatenated at every call

@@ -32,6 +32,7 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WPS = re.compile(r"\bwps[ =]([0-9.]+)")
+WPB = re.compile(r"\bwpb[ =]([0-9.]+)")
 UPDATES = re.compile(r"\bnum_updates[ =]([0-9]+)")
 SUMMARY = re.compile(r"\bepoch \d+ \|")  # end-of-epoch averages (warm-up included): not per update
 # The recipe hyperparameters, spelled the same for both tools (fairseq's flag names).
@@ -55,14 +56,16 @@ def run(cmd, threads: int) -> str:
     return res.stdout + res.stderr
 
 
-def per_update_wps(log: str, warmup: int) -> float:
-    """Median wps over the log lines of updates after ``warmup`` (one line per update)."""
-    rows = [(int(u.group(1)), float(w.group(1))) for line in log.splitlines()
-            if (w := WPS.search(line)) and (u := UPDATES.search(line)) and not SUMMARY.search(line)]
-    rows = [w for u, w in rows if u > warmup]
+def per_update_wps(log: str, warmup: int):
+    """Median wps and mean target tokens per update (wpb) over the log lines of the
+    updates after ``warmup`` (one line per update)."""
+    rows = [(int(u.group(1)), float(w.group(1)), float(b.group(1))) for line in log.splitlines()
+            if (w := WPS.search(line)) and (u := UPDATES.search(line)) and (b := WPB.search(line))
+            and not SUMMARY.search(line)]
+    rows = [(w, b) for u, w, b in rows if u > warmup]
     if not rows:
         sys.exit("vs_fairseq: no per-update wps lines in the log")
-    return statistics.median(rows)
+    return statistics.median(w for w, _ in rows), statistics.mean(b for _, b in rows)
 
 
 def train(a) -> None:
@@ -74,18 +77,19 @@ def train(a) -> None:
         "nmt-sd fp32": ["nmt-sd-train", a.data, "--num-threads", str(a.threads), *common],
         "nmt-sd bf16": ["nmt-sd-train", a.data, "--num-threads", str(a.threads), "--bf16", *common],
     }
-    got = {k: [] for k in sides}
+    got, wpb = {k: [] for k in sides}, {}
     for r in range(a.rounds):  # alternate the tools so machine drift hits them alike
         for name, cmd in sides.items():
-            got[name].append(per_update_wps(run(cmd, a.threads), a.warmup))
-            print(f"round {r + 1}: {name}: {got[name][-1]:.0f} target tokens/s", flush=True)
+            wps, wpb[name] = per_update_wps(run(cmd, a.threads), a.warmup)
+            got[name].append(wps)
+            print(f"round {r + 1}: {name}: {wps:.0f} target tokens/s ({wpb[name]:.0f} per update)", flush=True)
     ref = statistics.median(got["fairseq fp32"])
     print(f"\n{a.arch}, --max-tokens {a.max_tokens}, {a.threads} threads, median of {a.rounds} rounds "
           f"x {a.updates} updates (after {a.warmup} warm-up):\n")
-    print("| tool | precision | target tokens/s (rounds) | vs fairseq fp32 |\n|---|---|---|---|")
+    print("| tool | precision | target tokens/update | target tokens/s (rounds) | vs fairseq fp32 |\n|---|---|---|---|---|")
     for name, v in got.items():
         tool, prec = name.split()
-        print(f"| {tool} | {prec} | {statistics.median(v):.0f} ({', '.join(f'{x:.0f}' for x in v)}) | "
+        print(f"| {tool} | {prec} | {wpb[name]:.0f} | {statistics.median(v):.0f} ({', '.join(f'{x:.0f}' for x in v)}) | "
               f"{statistics.median(v) / ref:.2f}x |")
 
 

@@ -130,7 +130,7 @@ def test_two_process_ddp_on_cpu(toy_corpus, tmp_path, crit, port):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "world size: 2" in proc.stdout + proc.stderr
+    assert (proc.stdout + proc.stderr).count("world size: 2") == 1  # rank 1 logs warnings only
     rows = train_log(save)
     assert [r["num_updates"] for r in rows] == list(range(1, 7))  # only rank 0 logs
     assert (save / "checkpoint_last.pt").exists()

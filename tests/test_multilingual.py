@@ -236,7 +236,8 @@ def test_lssd_under_two_process_ddp_with_bf16(toy_multi, tmp_path):
            "-m", "nmt_sd.cli.train", str(toy_multi), *TINY, *MULTI, "--criterion", "lssd", "--lssd-warmup-epochs", "0",
            "--lssd-gate", "selective", "--lr", "2e-2", "--bf16", "--max-epoch", "4", "--save-dir", str(save),
            "--log-interval", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", NMT_SD_LOG_ALL_RANKS="1")  # rank 1 logs too, to compare
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert "world size: 2" in out

@@ -31,6 +31,8 @@ def setup_device(args) -> torch.device:
     if args.fp16 and not use_cuda:
         raise NmtSdError("--fp16 needs a CUDA device; on CPU use --bf16")
     device = dist_utils.init_from_env(use_cuda)
+    if not dist_utils.is_master() and not os.environ.get("NMT_SD_LOG_ALL_RANKS"):
+        logging.getLogger().setLevel(logging.WARNING)  # as fairseq: only rank 0 logs INFO
     threads = args.num_threads or default_threads()
     torch.set_num_threads(threads)
     amp = "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32")

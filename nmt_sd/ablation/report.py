@@ -7,7 +7,6 @@ import os
 from typing import Dict, List
 
 from nmt_sd.ablation.grid import Grid
-from nmt_sd.ablation.runs import Cell
 from nmt_sd.ablation.stats import bleu_metric, format_p, mean_sd, paired_bootstrap, paired_seeds, sentence_stats
 from nmt_sd.cli.common import read_lines
 

@@ -7,7 +7,6 @@ import logging
 import sys
 
 import numpy as np
-import torch
 
 from nmt_sd.cli.common import run_cli
 from nmt_sd.cli.generate import decode_batch, decoder_start, setup_inference_device

@@ -22,22 +22,14 @@ import argparse
 import logging
 import math
 import os
-import re
 
 import torch
-import torch.nn as nn
 
 from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
 from nmt_sd.errors import NmtSdError
-from nmt_sd.models.transformer import (
-    EncoderOut,
-    SinusoidalPositions,
-    TransformerDecoderLayer,
-    build_embedding,
-    dropout,
-    ffn,
-)
+from nmt_sd.models.cmlm import CMLMDecoder, build_frozen_teacher, random_cmlm_mask, rank_within_rows
+from nmt_sd.models.transformer import EncoderOut
 
 logger = logging.getLogger(__name__)
 GATES = ("threshold", "lowest-k", "none")
@@ -45,28 +37,7 @@ SCHEDULES = ("constant", "linear", "cosine", "exponential")
 STAGE1_CHECKPOINT = "checkpoint_stage1.pt"
 
 
-# -- pure functions: masking, gates, annealing, KL ------------------------------------------
-def random_cmlm_mask(target: torch.Tensor, pad: int, eos: int) -> torch.Tensor:
-    """Mask-Predict's training mask: per sentence m ~ U{1..n} positions, uniformly without
-    replacement, among the n non-pad, non-EOS tokens (none when n = 0).
-
-    Args:
-        target: (B, T) right-padded gold tokens ending in </s>.
-    Returns:
-        (B, T) bool, True = masked.
-    """
-    real = target.ne(pad) & target.ne(eos)  # (B, T)
-    n = real.sum(1)  # (B,)
-    m = torch.minimum((torch.rand(n.shape, device=target.device) * n).long() + 1, n)  # (B,)
-    return real & (rank_within_rows(torch.rand(target.shape, device=target.device), real) < m[:, None])
-
-
-def rank_within_rows(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, T) rank of each valid score in its row, ascending (stable); invalid ones rank last."""
-    s = scores.float().masked_fill(~valid, float("inf"))
-    return s.argsort(dim=1, stable=True).argsort(dim=1)
-
-
+# -- pure functions: gates, annealing, KL ---------------------------------------------------
 @torch.no_grad()
 def gold_probs(logits: torch.Tensor, target: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """Detached float32 probability of the gold token, (B, T), chunked over rows (no float32
@@ -153,94 +124,6 @@ def kl_rows_from_logits(logits: torch.Tensor, teacher: torch.Tensor, idx: torch.
         idx: (N,) flat indices into the B * T positions.
     """
     return _KLRowsFromLogits.apply(logits.reshape(-1, logits.size(-1)), teacher.detach(), idx, chunk)
-
-
-# -- the CMLM decoder ---------------------------------------------------------------------
-def bidirectional_layer(layer: TransformerDecoderLayer, x, pad_mask, enc: EncoderOut) -> torch.Tensor:
-    """A decoder layer's sublayers with full (non-causal) self-attention over non-pad keys.
-
-    Args:
-        x: (B, T, C); pad_mask: (B, T) True at pads; enc: EncoderOut for the same B rows.
-    """
-    x, _ = layer._sublayer(x, layer.self_attn_layer_norm, lambda h: layer.self_attn(h, h, key_padding_mask=pad_mask))
-    x, _ = layer._sublayer(x, layer.encoder_attn_layer_norm,
-                           lambda h: layer.encoder_attn(h, enc.out, key_padding_mask=enc.padding_mask))
-    x, _ = layer._sublayer(x, layer.final_layer_norm, lambda h: (ffn(layer, h), None))
-    return x
-
-
-class CMLMDecoder(nn.Module):
-    """Conditional masked LM decoder. With ``shared`` it borrows the model decoder's
-    ``embed_tokens`` and ``output_projection`` at call time (never stored here)."""
-
-    def __init__(self, args, num_layers: int, dictionary, shared: bool):
-        super().__init__()
-        dim = args.decoder_embed_dim
-        self.padding_idx, self.shared, self.dropout = dictionary.pad(), shared, args.dropout
-        self.layers = nn.ModuleList(TransformerDecoderLayer(args) for _ in range(num_layers))
-        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
-        self.embed_positions = SinusoidalPositions(dim, self.padding_idx, args.max_target_positions)
-        self.layernorm_embedding = nn.LayerNorm(dim) if args.layernorm_embedding else None
-        self.layer_norm = nn.LayerNorm(dim) if args.decoder_normalize_before else None
-        if not shared:
-            self.embed_tokens = build_embedding(len(dictionary), dim, self.padding_idx)
-            self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
-            nn.init.normal_(self.output_projection.weight, mean=0, std=dim**-0.5)
-
-    def forward(self, decoder, tokens: torch.Tensor, enc: EncoderOut, rows=None) -> torch.Tensor:
-        """CMLM logits.
-
-        Args:
-            decoder: the model's TransformerDecoder (embeddings/projection when shared).
-            tokens: (B, T) target with ``<mask>`` at the positions to predict.
-            enc: EncoderOut (out (B, S, C), padding_mask (B, S)) of the same sentences.
-            rows: (B, T) bool positions whose logits are wanted (None: all).
-        Returns:
-            (N, V) logits at ``rows`` in row-major order, or (B, T, V).
-        """
-        embed_tokens = decoder.embed_tokens if self.shared else self.embed_tokens
-        x = self.embed_scale * embed_tokens(tokens)  # (B, T, C)
-        x = x + self.embed_positions(0, tokens.size(1)).to(x.dtype)
-        if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-        x = dropout(x, self.dropout, self.training)
-        pad_mask = tokens.eq(self.padding_idx)  # (B, T)
-        for layer in self.layers:
-            x = bidirectional_layer(layer, x, pad_mask, enc)
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        if rows is not None:
-            x = x[rows]  # (N, C): the output projection runs only where a prediction is used
-        return (decoder.output_projection if self.shared else self.output_projection)(x)
-
-
-def build_frozen_teacher(state: dict, path: str, flag: str, src_dict, tgt_dict):
-    """(TransformerModel, CMLMDecoder) in eval mode with requires_grad off, from an nmt-sd
-    checkpoint dict whose "criterion" holds CMLM weights (``terms.N.cmlm.*`` or ``cmlm.*``)."""
-    from nmt_sd.criterions.kd import check_teacher_dictionaries
-    from nmt_sd.generation.load import model_args_from_checkpoint
-    from nmt_sd.models import TransformerModel
-    from nmt_sd.training.checkpoint import load_model_state
-
-    targs = model_args_from_checkpoint(state, path)
-    check_teacher_dictionaries(state, targs, src_dict, tgt_dict, path, flag)
-    cmlm_state = {m.group(1): v for k, v in (state.get("criterion") or {}).items()
-                  if (m := re.fullmatch(r"(?:terms\.\d+\.)?cmlm\.(.+)", k))}
-    layers = {int(k.split(".")[1]) for k in cmlm_state if k.startswith("layers.")}
-    if not layers:
-        raise NmtSdError(f"{flag} {path}: no CMLM decoder weights in its 'criterion' state "
-                         "(train the teacher with --criterion cmlm_kd)")
-    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the run's RNG stream
-        model = TransformerModel.build_model(targs, src_dict, tgt_dict)
-        cmlm = CMLMDecoder(targs, max(layers) + 1, tgt_dict, shared="embed_tokens.weight" not in cmlm_state)
-    load_model_state(model, state["model"], path)
-    try:
-        cmlm.load_state_dict(cmlm_state)
-    except RuntimeError as e:
-        raise NmtSdError(f"{flag} {path}: its CMLM decoder does not match ({str(e).splitlines()[0]})")
-    for m in (model, cmlm):
-        m.requires_grad_(False).eval()
-    return model, cmlm
 
 
 # -- the term -----------------------------------------------------------------------------

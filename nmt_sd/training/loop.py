@@ -61,7 +61,6 @@ def train_epoch(args, trainer, epoch_itr, valid_itr, progress, state: RunState) 
     itr = epoch_itr.next_epoch_itr()
     interval, gnorms, epoch_logs = [], [], []
     t_interval = time.time()
-    master = dist_utils.is_master()
     prefix = f"epoch {epoch:03d}"
     trainer.criterion.on_epoch_begin(epoch, trainer.model)  # e.g. LSSD: which languages to distil
     while True:

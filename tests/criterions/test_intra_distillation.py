@@ -5,7 +5,6 @@ import torch
 
 from nmt_sd.criterions.functional import symmetric_kl, x_divergence
 from nmt_sd.criterions.intra_distillation import adaptive_alpha
-from nmt_sd.criterions.objective import Pass
 from tests.criterions.helpers import loss_and_grads, model_and_batch, objective
 
 

@@ -5,7 +5,7 @@ import torch
 
 from nmt_sd.criterions.functional import label_smoothed_nll_loss
 from nmt_sd.criterions.objective import Objective
-from tests.conftest import ragged_batch, tiny_dict
+from tests.conftest import ragged_batch
 from tests.criterions.helpers import model_and_batch, objective
 
 

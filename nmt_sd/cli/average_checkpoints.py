@@ -5,7 +5,6 @@ import collections
 import logging
 import os
 
-
 from nmt_sd.cli.common import run_cli
 from nmt_sd.errors import NmtSdError
 from nmt_sd.options import ArgumentParser

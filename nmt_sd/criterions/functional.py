@@ -265,6 +265,23 @@ def symmetric_kl_from_logits(
     return _SymmetricKLFromLogits.apply(logits_p.reshape(-1, v), logits_q.reshape(-1, v), keep, chunk)
 
 
+def _mean_over_passes(x: torch.Tensor) -> torch.Tensor:
+    """x.mean(0) for a (K, c, V) tensor, as K-1 adds of contiguous slices (a reduction over
+    the leading dim is several times slower on CPU)."""
+    out = x[0].clone()
+    for i in range(1, x.size(0)):
+        out.add_(x[i])
+    return out.div_(x.size(0))
+
+
+def _x_centre(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Centre the log-probs in place, a_i <- a_i - a_bar, and return
+    s_i = sum_v p_i (a_i - a_bar), (K, c, 1). The X-divergence of each row is
+    sum_i s_i / K, since sum_i sum_v p_bar a_i = sum_i sum_v p_i a_bar."""
+    a.sub_(_mean_over_passes(a))
+    return torch.linalg.vecdot(p, a).unsqueeze(-1)
+
+
 def _xdiv_chunk(zs, kind: str, need_grad: bool):
     """X/JS divergence rows (c,) of K logit chunks (c, V), and d rows / d z_i if asked."""
     a = torch.stack([torch.log_softmax(z.float(), -1) for z in zs])  # (K, c, V)
@@ -273,16 +290,14 @@ def _xdiv_chunk(zs, kind: str, need_grad: bool):
 
 def _xdiv_from_lprobs(a, p, kind: str, need_grad: bool):
     """X/JS divergence rows (c,) from log-probs ``a`` and probs ``p`` (K, c, V) float32,
-    and d rows / d logits (K, c, V) if asked."""
+    and d rows / d logits (K, c, V) if asked. For "x", ``a`` is centred in place."""
     k = a.size(0)
-    m = p.mean(0)  # (c, V) p_bar
-    if kind == "x":  # the log p_bar terms cancel: X = 1/K sum_j sum_v (p_j - p_bar) a_j
-        a_bar = a.mean(0)
-        rows = ((p - m) * a).sum((0, -1)) / k
+    if kind == "x":  # the log p_bar terms cancel: X = 1/K sum_i s_i (see _x_centre)
+        s_i = _x_centre(a, p)  # (K, c, 1)
+        rows = s_i.sum(0).squeeze(-1) / k
         if not need_grad:
             return rows, None
-        s = (p * (a - a_bar)).sum(-1, keepdim=True)  # (K, c, 1)
-        return rows, (p * (a + 1.0 - a_bar) - m - p * s) / k
+        return rows, (p * (a + 1.0 - s_i) - _mean_over_passes(p)) / k
     log_m = torch.logsumexp(a, 0) - math.log(k)  # (c, V)
     kl = (p * (a - log_m)).sum(-1, keepdim=True)  # (K, c, 1): KL(p_i || p_bar)
     rows = kl.sum(0).squeeze(-1) / k
@@ -401,23 +416,6 @@ def _float_chunk(zs, s: int, c: int) -> torch.Tensor:
     for i, z in enumerate(zs):
         out[i].copy_(z[s : s + c])
     return out
-
-
-def _mean_over_passes(x: torch.Tensor) -> torch.Tensor:
-    """x.mean(0) for a (K, c, V) tensor, as K-1 adds of contiguous slices (a reduction over
-    the leading dim is several times slower on CPU)."""
-    out = x[0].clone()
-    for i in range(1, x.size(0)):
-        out.add_(x[i])
-    return out.div_(x.size(0))
-
-
-def _x_centre(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Centre the log-probs in place, a_i <- a_i - a_bar, and return
-    s_i = sum_v p_i (a_i - a_bar), (K, c, 1). The X-divergence of each row is
-    sum_i s_i / K, since sum_i sum_v p_bar a_i = sum_i sum_v p_i a_bar."""
-    a.sub_(_mean_over_passes(a))
-    return torch.linalg.vecdot(p, a).unsqueeze(-1)
 
 
 def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_div, s_i=None):

@@ -20,7 +20,8 @@ Training speed is the median of the per-update ``wps`` each tool logs (``--log-i
 after the warm-up updates; generation speed is what each tool reports for the whole split
 with the same timer: the search alone (fairseq-generate's "Translated ... sentences/s" times
 its inference steps; nmt-sd-generate reports that and the whole loop), and both outputs are scored with sacreBLEU against the same
-references (equal scores show the two tools ran the same model and search).
+references (equal scores show the two tools ran the same model and search). With --threads
+N > 1, nmt-sd also runs as N processes of one thread each (``--inter-threads N``).
 """
 import argparse
 import os
@@ -106,6 +107,10 @@ def generate(a) -> None:
     gen = ["--gen-subset", a.subset, "--beam", str(a.beam), "--lenpen", "1.0", "--max-len-a", "1.2",
            "--max-len-b", "10", "--max-tokens", str(a.max_tokens), "--remove-bpe", "sentencepiece"]
     got = {"fairseq fp32": [], "nmt-sd fp32": [], "nmt-sd bf16": []}
+    runs = [("fp32", 1), ("bf16", 1)]
+    if a.threads > 1:  # also a.threads processes of one thread each (--inter-threads)
+        runs += [("fp32", a.threads), ("bf16", a.threads)]
+        got.update({f"nmt-sd fp32/inter{a.threads}": [], f"nmt-sd bf16/inter{a.threads}": []})
     bleu = {}
     for r in range(a.rounds):
         log = run([os.path.join(a.fairseq_bin, "fairseq-generate"), a.fairseq_data, "--cpu", "--path",
@@ -113,21 +118,25 @@ def generate(a) -> None:
         got["fairseq fp32"].append(float(re.search(r"Translated .* \(([0-9.]+) sentences/s", log).group(1)))
         hyps = dict(re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", log, re.M))
         bleu["fairseq fp32"] = sacrebleu_of([hyps[str(i)] for i in range(len(hyps))], ref)
-        for prec in ("fp32", "bf16"):
+        for prec, inter in runs:
+            name = f"nmt-sd {prec}" + (f"/inter{inter}" if inter > 1 else "")
             with tempfile.TemporaryDirectory() as tmp:
                 cmd = ["nmt-sd-generate", a.data, "--path", a.checkpoint, "--num-threads", str(a.threads),
-                       "--results-path", tmp, "--quiet", *gen] + (["--bf16"] if prec == "bf16" else [])
-                log = run(cmd, a.threads)
+                       "--inter-threads", str(inter), "--results-path", tmp, "--quiet", *gen]
+                log = run(cmd + (["--bf16"] if prec == "bf16" else []), a.threads)
                 with open(os.path.join(tmp, f"{a.subset}.hyp.detok"), encoding="utf-8") as f:
-                    bleu[f"nmt-sd {prec}"] = sacrebleu_of([line.rstrip("\n") for line in f], ref)
-            got[f"nmt-sd {prec}"].append(float(re.search(r"search alone [0-9.]+s, ([0-9.]+) sentences/s", log).group(1)))
+                    bleu[name] = sacrebleu_of([line.rstrip("\n") for line in f], ref)
+            got[name].append(float(re.search(r"search alone [0-9.]+s, ([0-9.]+) sentences/s", log).group(1)))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} sent/s" for k, v in got.items()), flush=True)
     base = statistics.median(got["fairseq fp32"])
     print(f"\n{a.subset}, beam {a.beam}, --max-tokens {a.max_tokens}, {a.threads} threads, median of {a.rounds} rounds:\n")
-    print("| tool | precision | sentences/s (rounds) | vs fairseq fp32 | sacreBLEU |\n|---|---|---|---|---|")
+    print("| tool | precision | processes x threads | sentences/s (rounds) | vs fairseq fp32 | sacreBLEU |\n"
+          "|---|---|---|---|---|---|")
     for name, v in got.items():
         tool, prec = name.split()
-        print(f"| {tool} | {prec} | {statistics.median(v):.1f} ({', '.join(f'{x:.1f}' for x in v)}) | "
+        prec, _, inter = prec.partition("/inter")
+        layout = f"{inter} x {a.threads // int(inter)}" if inter else f"1 x {a.threads}"
+        print(f"| {tool} | {prec} | {layout} | {statistics.median(v):.1f} ({', '.join(f'{x:.1f}' for x in v)}) | "
               f"{statistics.median(v) / base:.2f}x | {bleu[name]} |")
 
 

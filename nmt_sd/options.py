@@ -205,3 +205,10 @@ def add_generation_args(p) -> None:
     g.add_argument("--bf16", action="store_true")
     g.add_argument("--fp16", action="store_true")
     g.add_argument("--num-threads", type=int, default=None, metavar="N")
+
+
+def add_inter_threads_arg(p) -> None:
+    """For the tools that decode a whole split (nmt-sd-generate, nmt-sd-seqkd)."""
+    p.add_argument("--inter-threads", type=int, default=1, metavar="N",
+                   help="CPU: decode N batches at once in N processes, each with --num-threads/N "
+                        "threads (CTranslate2's inter_threads); the output is unchanged (default: 1)")

@@ -56,6 +56,10 @@ def test_end_to_end(toy_corpus, tmp_path, capsys):
         assert sum(x.startswith(prefix) for x in lines) == n, prefix
     hyps = (tmp_path / "gen" / "test.hyp.detok").read_text().splitlines()
     assert len(hyps) == 6
+    generate.main([str(data), "--path", str(tmp_path / "avg.pt"), "--beam", "2", "--nbest", "2",
+                   "--results-path", str(tmp_path / "gen2"), "--batch-size", "4", "--inter-threads", "2"])
+    for name in ("generate-test.txt", "test.hyp.detok"):  # 2 batches in 2 processes: the same output
+        assert (tmp_path / "gen2" / name).read_text() == (tmp_path / "gen" / name).read_text()
     score.main(["--sys", str(tmp_path / "gen" / "test.hyp.detok"), "--ref", str(toy_corpus / "test.tgt")])
     assert "sacreBLEU signature" in capsys.readouterr().out
     # interactive mode: stdin lines in, S-/H-/D-/P- lines out, same output as generate
@@ -190,5 +194,7 @@ def test_bad_inputs_end_in_one_line(toy_corpus, tmp_path):
                      "--destdir", str(other), "--joined-dictionary", "--padding-factor", "1"])
     p = run_cli_subprocess("nmt_sd.cli.generate", str(other), "--path", str(save / "checkpoint_last.pt"))
     assert_one_line_error(p, "does not match the model", "checkpoint_last.pt")
+    p = run_cli_subprocess("nmt_sd.cli.generate", str(data), "--path", str(save / "checkpoint_last.pt"), "--inter-threads", "0")
+    assert_one_line_error(p, "--inter-threads must be >= 1")
     p = run_cli_subprocess("nmt_sd.cli.train", str(tmp_path / "missing_dir"), "--max-tokens", "64", "--max-update", "1")
     assert_one_line_error(p, "data directory not found", "missing_dir")

@@ -43,10 +43,11 @@ def setup(tmp_path_factory):
 
 
 def test_seqkd_writes_one_detokenized_line_per_source_in_order(setup):
+    """(decoded in two processes: the lines are still in order, each the teacher's own output)"""
     root, data, teacher_path, raw = setup
     out = root / "distilled"
     seqkd.main([str(data), "--path", teacher_path, "--destdir", str(out), "--beam", "2", "--max-len-b", "12",
-                "--remove-bpe", "sentencepiece", "--batch-size", "5", "--num-threads", "1"])
+                "--remove-bpe", "sentencepiece", "--batch-size", "5", "--num-threads", "1", "--inter-threads", "2"])
     src_lines = (out / "train.src").read_text(encoding="utf-8").splitlines()
     tgt_lines = (out / "train.tgt").read_text(encoding="utf-8").splitlines()
     assert src_lines == raw["src"][:48] and len(tgt_lines) == 48  # in order, detokenized

@@ -1,5 +1,6 @@
 """nmt-sd-generate DATA --path CKPT: translate a binarized split (fairseq-generate's
 flags and S-/T-/H-/D-/P- lines), write the detokenized hypotheses, print sacreBLEU."""
+import functools
 import logging
 import os
 import sys
@@ -10,9 +11,10 @@ import torch
 from nmt_sd.cli.common import run_cli
 from nmt_sd.errors import NmtSdError
 from nmt_sd.generation.load import half_precision_linears, inference_autocast, load_model_for_inference
+from nmt_sd.generation.parallel import decode_batches
 from nmt_sd.generation.scoring import format_result, score_corpus
 from nmt_sd.generation.search import beam_search, greedy_search, special_ids
-from nmt_sd.options import ArgumentParser, add_generation_args
+from nmt_sd.options import ArgumentParser, add_generation_args, add_inter_threads_arg
 from nmt_sd.training.trainer import move_to
 
 logger = logging.getLogger("nmt_sd.generate")
@@ -29,6 +31,7 @@ def get_parser():
     p.add_argument("--scoring", choices=["sacrebleu", "tokenized_bleu", "none"], default="sacrebleu")
     p.add_argument("--quiet", action="store_true", help="only print the score")
     add_generation_args(p)
+    add_inter_threads_arg(p)
     return p
 
 
@@ -45,6 +48,12 @@ def hypothesis_lines(sid, sample_i, hyps, src_dict, tgt_dict, args, has_target):
         pos = " ".join(f"{s:.4f}" for s in h["positional_scores"].tolist())
         lines.append(f"P-{sid}\t{pos}")
     return lines
+
+
+def decode_sample(model, sample, *, args, ids, device):
+    """Hypotheses of one batch (picklable with functools.partial, for --inter-threads)."""
+    autocast = inference_autocast(device, args.bf16, args.fp16)
+    return decode_batch(model, move_to(sample, device), args, ids, autocast)
 
 
 def decode_batch(model, sample, args, ids, autocast):
@@ -71,12 +80,10 @@ def main(argv=None) -> None:
         os.makedirs(args.results_path, exist_ok=True)
         out_f = open(os.path.join(args.results_path, f"generate-{args.gen_subset}.txt"), "w", encoding="utf-8")
     ids = {**special_ids(task.tgt_dict), "bos": decoder_start(task)}
-    results, t0, done, last_log, search_s = {}, time.time(), 0, time.time(), 0.0
-    for sample in itr.next_epoch_itr():
-        s = move_to(sample, device)
-        t_search = time.perf_counter()
-        hyps = decode_batch(model, s, args, ids, inference_autocast(device, args.bf16, args.fp16))
-        search_s += time.perf_counter() - t_search  # the search alone (fairseq's "Translated ..." timer)
+    results, t0, done, last_log, stats = {}, time.time(), 0, time.time(), {}
+    decode = functools.partial(decode_sample, args=args, ids=ids, device=device)
+    batches = list(itr.next_epoch_itr())
+    for sample, hyps in decode_batches(model, batches, decode, args.inter_threads, stats=stats):
         for i, sid in enumerate(sample["id"].tolist()):
             item = {"src": ds.src[sid], "tgt": ds.tgt[sid] if has_target else None}
             block = hypothesis_lines(sid, item, hyps[i][: args.nbest], task.src_dict, task.tgt_dict, args, has_target)
@@ -96,7 +103,8 @@ def main(argv=None) -> None:
     if args.results_path:
         write_lines(os.path.join(args.results_path, f"{args.gen_subset}.hyp.detok"), hyps_text)
     logger.info(f"translated {len(order)} sentences in {elapsed:.1f}s ({len(order) / max(elapsed, 1e-9):.2f} "
-                f"sentences/s; the search alone {search_s:.1f}s, {len(order) / max(search_s, 1e-9):.2f} sentences/s)")
+                f"sentences/s; the search alone {stats['search_s']:.1f}s, "
+                f"{len(order) / max(stats['search_s'], 1e-9):.2f} sentences/s)")
     if has_target and args.scoring != "none":
         res = score_corpus(hyps_text, [results[i][1] for i in order], mode=args.scoring, chrf=True)
         print(f"Generate {args.gen_subset} with beam={args.beam}: " + "\n".join(format_result(res)))
@@ -120,8 +128,15 @@ def setup_inference_device(args) -> torch.device:
     use_cuda = torch.cuda.is_available() and not args.cpu
     if args.fp16 and not use_cuda:
         raise NmtSdError("--fp16 needs a CUDA device; on CPU use --bf16")
+    inter = getattr(args, "inter_threads", 1)
+    if inter < 1:
+        raise NmtSdError(f"--inter-threads must be >= 1, got {inter}")
+    if inter > 1 and use_cuda:
+        raise NmtSdError("--inter-threads is for CPU decoding; on a GPU use one process (or --cpu)")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    if inter > 1:
+        logger.info(f"decoding {inter} batches at once, {max(1, torch.get_num_threads() // inter)} threads each")
     return torch.device("cuda" if use_cuda else "cpu")
 
 

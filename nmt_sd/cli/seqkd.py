@@ -12,6 +12,7 @@ can train on OUT. ``--seq-inter`` keeps the beam candidate closest to the refere
 sentence BLEU (sacrebleu.sentence_bleu on the detokenized text; ties go to the better
 model score); it considers ``--nbest`` candidates, by default all ``--beam``.
 """
+import functools
 import glob
 import logging
 import os
@@ -20,17 +21,17 @@ import time
 import numpy as np
 
 from nmt_sd.cli.common import run_cli
-from nmt_sd.cli.generate import decode_batch, setup_inference_device, write_lines
+from nmt_sd.cli.generate import decode_sample, setup_inference_device, write_lines
 from nmt_sd.criterions.kd import load_teacher
 from nmt_sd.data.indexed_dataset import write_indexed
 from nmt_sd.errors import NmtSdError
-from nmt_sd.generation.load import half_precision_linears, inference_autocast
+from nmt_sd.generation.load import half_precision_linears
+from nmt_sd.generation.parallel import decode_batches
 from nmt_sd.generation.search import special_ids
-from nmt_sd.options import ArgumentParser, add_generation_args
+from nmt_sd.options import ArgumentParser, add_generation_args, add_inter_threads_arg
 from nmt_sd.tasks import TASKS
 from nmt_sd.training.checkpoint import atomic_copy
 from nmt_sd.training.progress import format_eta
-from nmt_sd.training.trainer import move_to
 
 logger = logging.getLogger("nmt_sd.seqkd")
 
@@ -45,6 +46,7 @@ def get_parser():
     p.add_argument("--max-tokens", type=int, default=None, metavar="N")
     p.add_argument("--batch-size", "--max-sentences", type=int, default=None, metavar="N", dest="batch_size")
     add_generation_args(p)
+    add_inter_threads_arg(p)
     p.set_defaults(nbest=None)  # resolved in main: --beam with --seq-inter, else 1
     return p
 
@@ -63,8 +65,8 @@ def distil(model, task, ds, args, device):
                                   shuffle=False, skip_invalid=False)
     ids, out, done = special_ids(task.tgt_dict), [None] * len(ds), 0
     t0 = last = time.time()
-    for sample in itr.next_epoch_itr():
-        hyps = decode_batch(model, move_to(sample, device), args, ids, inference_autocast(device, args.bf16, args.fp16))
+    decode = functools.partial(decode_sample, args=args, ids=ids, device=device)
+    for sample, hyps in decode_batches(model, list(itr.next_epoch_itr()), decode, args.inter_threads):
         for i, sid in enumerate(sample["id"].tolist()):
             cands = hyps[i]
             if args.seq_inter:

@@ -118,15 +118,45 @@ def _decode_step(
     """One incremental decoder call.
 
     Returns:
-        lprobs (N, V) float32, and attn (N, S) float32 or None.
+        logits (N, V) in the model's dtype, and attn (N, S) float32 or None.
     """
     kw = {"need_attn": True} if want_attn else {}  # decoders compute attention on request
     logits, extra = model.decoder(prefix, enc, cache=cache, **kw)
-    lprobs = torch.log_softmax(logits[:, -1, :].float(), dim=-1)  # (N, V)
     attn = extra.get("attn") if (want_attn and extra) else None
     if attn is not None:
         attn = attn[:, -1, :].float()  # (N, S)
-    return lprobs, attn
+    return logits[:, -1, :], attn
+
+
+# Rows of the vocabulary pass are taken a few at a time so that the float32 log-probs
+# of a chunk stay in cache (about this many elements): a full (N, V) float32 tensor is a
+# fresh large allocation at every step, and converting, normalising and reading it back
+# from memory cost more than the search's top-k itself.
+CHUNK_ELEMENTS = 1 << 17
+
+
+def _row_top(logits: Tensor, k: int, step: int, row_max_len: Tensor, **constraints: Any) -> tuple[Tensor, Tensor]:
+    """Each row's k best next tokens under the search constraints.
+
+    lprobs = log_softmax(logits) in float32, constrained as ``_constrain`` does, then
+    top-k per row; computed in chunks of rows, never as a whole (N, V) float32 tensor.
+
+    Args:
+        logits: (N, V). row_max_len: (N,) max length of each row's sentence.
+    Returns:
+        lprobs (N, k) float32, descending, and their tokens (N, k).
+    """
+    num_rows, vocab = logits.shape
+    k = min(k, vocab)
+    rows = max(1, CHUNK_ELEMENTS // vocab)
+    top_lprobs = torch.empty(num_rows, k, device=logits.device)
+    top_tokens = torch.empty(num_rows, k, dtype=torch.long, device=logits.device)
+    for start in range(0, num_rows, rows):
+        end = min(start + rows, num_rows)
+        lprobs = torch.log_softmax(logits[start:end].float(), dim=-1)  # (n, V)
+        _constrain(lprobs, step, row_max_len[start:end], **constraints)
+        torch.topk(lprobs, k, dim=1, out=(top_lprobs[start:end], top_tokens[start:end]))
+    return top_lprobs, top_tokens
 
 
 def _constrain(
@@ -204,9 +234,8 @@ def _to_hypotheses(
 def _finalize(
     fin: _Finished,
     state: dict[str, Tensor],
-    lprobs: Tensor,
     step: int,
-    cands: tuple[Tensor, Tensor, Tensor, Tensor],
+    cands: tuple[Tensor, ...],
     lenpen: float,
     eos: int,
 ) -> None:
@@ -217,7 +246,7 @@ def _finalize(
     candidates of the same step have been stored.
     """
     slots = fin.tokens.size(1)
-    cand_rows, _, cand_scores, is_eos = (c[:, :slots] for c in cands)  # (B', K) each
+    cand_rows, _, cand_scores, cand_lprobs, is_eos = (c[:, :slots] for c in cands)  # (B', K) each
     sent = state["sent_ids"].unsqueeze(1).expand_as(is_eos)  # (B', K)
     slot = fin.count[state["sent_ids"]].unsqueeze(1) + is_eos.long().cumsum(1) - 1
     keep = is_eos & (slot < slots)  # (B', K)
@@ -227,7 +256,7 @@ def _finalize(
     fin.tokens[b, k, :step] = state["tokens"][rows, 1 : step + 1]
     fin.tokens[b, k, step] = eos
     fin.pos_scores[b, k, :step] = state["pos_scores"][rows, :step]
-    fin.pos_scores[b, k, step] = lprobs[rows, eos]
+    fin.pos_scores[b, k, step] = cand_lprobs[keep]  # the </s> log-prob of each parent row
     fin.scores[b, k] = cand_scores[keep] / (step + 1) ** lenpen
     fin.lengths[b, k] = step + 1
     if fin.attn is not None:
@@ -236,40 +265,40 @@ def _finalize(
 
 
 def _select_candidates(
-    lprobs: Tensor, cum_scores: Tensor, beam: int, eos: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    row_lprobs: Tensor, row_tokens: Tensor, cum_scores: Tensor, beam: int, eos: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Top 2*beam candidates over beam*V per sentence.
 
     Args:
-        lprobs: (B'*K, V) constrained log-probs of the next token.
+        row_lprobs, row_tokens: (B'*K, 2K) each row's own top 2K constrained log-probs
+            and their tokens (``_row_top``).
         cum_scores: (B'*K,) summed log-probs of each live hypothesis.
     Returns:
         cand_rows (B', 2K) row of the parent hypothesis in the active batch,
-        cand_tokens (B', 2K), cand_scores (B', 2K) and is_eos (B', 2K) bool.
+        cand_tokens (B', 2K), cand_scores (B', 2K), cand_lprobs (B', 2K) the token's
+        own log-prob, and is_eos (B', 2K) bool.
     """
-    num_rows, vocab = lprobs.shape
+    num_rows, row_k = row_lprobs.shape
     bsz = num_rows // beam
     # 2K candidates: at most K of them end in </s>, so K live ones always remain. The
-    # sentence's top 2K over beam*V are among its rows' own top 2K, so each row is cut
-    # to its top 2K first (cum_scores is constant along a row) and the sentence picks
-    # from those beam*2K: the same candidates as one top-k over beam*V, in half the time.
-    row_k = min(2 * beam, vocab)
-    row_scores, row_tokens = lprobs.topk(row_k, dim=1)  # (N, 2K) each
-    row_scores = (row_scores + cum_scores.unsqueeze(1)).view(bsz, beam * row_k)
+    # sentence's top 2K over beam*V are among its rows' own top 2K (cum_scores is
+    # constant along a row), so the sentence picks from those beam*2K: the same
+    # candidates as one top-k over beam*V, in a fraction of the time.
+    row_scores = (row_lprobs + cum_scores.unsqueeze(1)).view(bsz, beam * row_k)
     cand_scores, cand_idx = row_scores.topk(min(2 * beam, beam * row_k), dim=1)  # (B', 2K)
-    offsets = torch.arange(bsz, device=lprobs.device).unsqueeze(1) * beam
+    offsets = torch.arange(bsz, device=row_lprobs.device).unsqueeze(1) * beam
     cand_rows = cand_idx // row_k + offsets
     cand_tokens = row_tokens.view(bsz, beam * row_k).gather(1, cand_idx)
+    cand_lprobs = row_lprobs.view(bsz, beam * row_k).gather(1, cand_idx)
     is_eos = cand_tokens.eq(eos) & cand_scores.ne(-math.inf)
-    return cand_rows, cand_tokens, cand_scores, is_eos
+    return cand_rows, cand_tokens, cand_scores, cand_lprobs, is_eos
 
 
 def _advance_beams(
     state: dict[str, Tensor],
     fin: _Finished,
-    lprobs: Tensor,
     step: int,
-    cands: tuple[Tensor, Tensor, Tensor, Tensor],
+    cands: tuple[Tensor, ...],
 ) -> Tensor | None:
     """Keep the K best non-</s> candidates of unfinished sentences (state in place).
 
@@ -280,10 +309,10 @@ def _advance_beams(
         new_order (N',): the row of the old active batch each surviving row comes from
         (to reorder the cache), or None if no sentence is left.
     """
-    cand_rows, cand_tokens, cand_scores, is_eos = cands  # (B', 2K) each
+    cand_rows, cand_tokens, cand_scores, cand_lprobs, is_eos = cands  # (B', 2K) each
     beam, num_cands = fin.tokens.size(1), cand_rows.size(1)
     # rank </s> candidates after all others, then keep the first K in candidate order
-    rank = is_eos.long() * num_cands + torch.arange(num_cands, device=lprobs.device)
+    rank = is_eos.long() * num_cands + torch.arange(num_cands, device=cand_rows.device)
     pick = rank.topk(beam, dim=1, largest=False).indices  # (B', K)
     at_max_len = state["max_len"].view(-1, beam)[:, 0].le(step)  # (B',)
     alive = fin.count[state["sent_ids"]].lt(beam) & ~at_max_len  # (B',)
@@ -298,7 +327,7 @@ def _advance_beams(
         if key in state:
             state[key] = state[key].index_select(0, new_order)
     state["tokens"][:, step + 1] = tokens
-    state["pos_scores"][:, step] = lprobs[new_order, tokens]
+    state["pos_scores"][:, step] = cand_lprobs[alive].gather(1, pick).view(-1)
     return new_order
 
 
@@ -396,15 +425,15 @@ def beam_search(
         cache = model.decoder.init_cache()
         for step in range(state["pos_scores"].size(1)):
             prefix = state["tokens"][:, : step + 1]  # (N, step + 1)
-            lprobs, attn = _decode_step(model, prefix, enc, cache, return_attn)
-            _constrain(lprobs, step, state["max_len"], **constraints)
+            logits, attn = _decode_step(model, prefix, enc, cache, return_attn)
+            row_lprobs, row_tokens = _row_top(logits, 2 * beam, step, state["max_len"], **constraints)
             _record_attn(state, fin, attn, step)
-            cands = _select_candidates(lprobs, state["cum_scores"], beam, eos)
-            _finalize(fin, state, lprobs, step, cands, lenpen, eos)
-            new_order = _advance_beams(state, fin, lprobs, step, cands)
+            cands = _select_candidates(row_lprobs, row_tokens, state["cum_scores"], beam, eos)
+            _finalize(fin, state, step, cands, lenpen, eos)
+            new_order = _advance_beams(state, fin, step, cands)
             if new_order is None:
                 break
-            shrink = new_order.numel() < lprobs.size(0)  # sentences left the batch
+            shrink = new_order.numel() < logits.size(0)  # sentences left the batch
             if not grouped:
                 cache.reorder(new_order)
                 if shrink:
@@ -454,13 +483,13 @@ def greedy_search(
         cache = model.decoder.init_cache()
         for step in range(width):
             prefix_so_far = prefix[:, : step + 1]  # (B', step + 1)
-            lprobs, attn = _decode_step(model, prefix_so_far, enc, cache, return_attn)
-            _constrain(lprobs, step, max_len[sent_ids], **constraints)
-            tokens = lprobs.argmax(dim=-1)  # (B',)
-            # forced </s> even if the model gives it -inf
+            logits, attn = _decode_step(model, prefix_so_far, enc, cache, return_attn)
+            best_lprobs, best_tokens = _row_top(logits, 1, step, max_len[sent_ids], **constraints)
+            tokens = best_tokens[:, 0]  # (B',)
+            # forced </s> even if the model gives it -inf (a forced row has no other finite token)
             tokens.masked_fill_(max_len[sent_ids].le(step), eos)
             fin.tokens[sent_ids, 0, step] = tokens
-            fin.pos_scores[sent_ids, 0, step] = lprobs.gather(1, tokens[:, None])[:, 0]
+            fin.pos_scores[sent_ids, 0, step] = best_lprobs[:, 0]
             if fin.attn is not None and attn is None:  # the decoder gives no attention
                 fin.attn = None
             elif fin.attn is not None:

@@ -69,7 +69,7 @@ def test_grouped_cross_attention_equals_repeated_encoder_rows(model_and_batch, b
 
 def test_two_stage_candidates_equal_one_topk_over_beam_times_vocab():
     """Cutting each row to its top 2K before the sentence's top 2K selects the same
-    candidates (parents, tokens, scores) as one top-k over beam * V."""
+    candidates (parents, tokens, scores, the tokens' own log-probs) as one top-k over beam * V."""
     import math
 
     from nmt_sd.generation.search import _select_candidates
@@ -80,12 +80,32 @@ def test_two_stage_candidates_equal_one_topk_over_beam_times_vocab():
     lprobs[:, 1] = -math.inf  # pad
     cum = torch.randn(bsz * beam, dtype=torch.float64)
     cum.view(bsz, beam)[0, 1:] = -math.inf  # a sentence at step 0: only beam 0 expands
-    rows, tokens, scores, _ = _select_candidates(lprobs, cum, beam, eos=2)
+    rows, tokens, scores, own, _ = _select_candidates(*lprobs.topk(2 * beam, dim=1), cum, beam, eos=2)
     flat = (cum.unsqueeze(1) + lprobs).view(bsz, beam * vocab)
     ref_scores, ref_idx = flat.topk(2 * beam, dim=1)
     torch.testing.assert_close(scores, ref_scores)
     assert torch.equal(tokens, ref_idx % vocab)
     assert torch.equal(rows, ref_idx // vocab + torch.arange(bsz).unsqueeze(1) * beam)
+    assert torch.equal(own, lprobs[rows, tokens])
+
+
+@pytest.mark.parametrize("chunk", [11, 30, 1 << 17])  # 1 row, 2 rows (last chunk short), all rows
+def test_row_top_in_chunks_equals_the_whole_constrained_log_softmax(chunk, monkeypatch):
+    """The chunked vocabulary pass gives each row's top k of log_softmax + constraints
+    (pad, unk penalty, min_len, forced </s>) computed on the whole (N, V) tensor."""
+    from nmt_sd.generation import search
+
+    monkeypatch.setattr(search, "CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    logits = torch.randn(5, 11).bfloat16()
+    row_max_len = torch.tensor([9, 2, 9, 9, 2])  # rows 1 and 4 must end now (step 2)
+    kw = dict(min_len=1, unk_penalty=0.5, eos=2, pad=1, unk=3)
+    for step in (0, 2):
+        ref = search._constrain(torch.log_softmax(logits.float(), -1), step, row_max_len, **kw).topk(4, dim=1)
+        got = search._row_top(logits, 4, step, row_max_len, **kw)
+        assert torch.equal(got[0], ref.values) and torch.equal(got[1], ref.indices)
+        assert got[0].dtype == torch.float32
+    assert got[1][1, 0] == 2 and got[0][1, 1:].eq(float("-inf")).all()  # forced: </s> alone is finite
 
 
 def test_half_precision_linears_give_autocasts_output_and_keep_embeddings_float32(model_and_batch):

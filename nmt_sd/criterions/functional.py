@@ -112,7 +112,7 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
 
 
 def fused_label_smoothed_nll_loss(
-    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int, chunk: int = 256
+    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int, chunk: int = 64
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Same values and gradients as ``label_smoothed_nll_loss(log_probs(logits), ...)``
     without materialising float32 log-probs for backward.
@@ -252,7 +252,7 @@ class _SymmetricKLFromLogits(torch.autograd.Function):
 
 
 def symmetric_kl_from_logits(
-    logits_p: torch.Tensor, logits_q: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 256
+    logits_p: torch.Tensor, logits_q: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 64
 ) -> torch.Tensor:
     """``symmetric_kl(log_softmax(logits_p), log_softmax(logits_q), pad_mask)`` without
     keeping float32 (B, T, V) tensors for backward (same value and gradients).
@@ -327,7 +327,7 @@ class _XDivergenceFromLogits(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
-def x_divergence_from_logits(logits: list, pad_mask: torch.Tensor, kind: str = "x", chunk: int = 128) -> torch.Tensor:
+def x_divergence_from_logits(logits: list, pad_mask: torch.Tensor, kind: str = "x", chunk: int = 64) -> torch.Tensor:
     """``x_divergence([log_softmax(z) for z in logits], pad_mask, kind)`` from the logits,
     chunked with analytic gradients (no float32 (K, B, T, V) tensors kept for backward).
 
@@ -341,7 +341,7 @@ def x_divergence_from_logits(logits: list, pad_mask: torch.Tensor, kind: str = "
     return _XDivergenceFromLogits.apply(keep, kind, chunk, *(z.reshape(-1, v) for z in logits))
 
 
-def row_logsumexp(logits: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def row_logsumexp(logits: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """logsumexp over the last dim in float32, row chunk by row chunk, no gradient.
 
     Args:
@@ -389,7 +389,7 @@ class _SoftCEFromLogits(torch.autograd.Function):
 
 
 def soft_cross_entropy_from_logits(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 256,
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 64,
     weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``soft_cross_entropy(log_softmax(teacher), log_softmax(student), pad_mask)`` from

@@ -175,6 +175,16 @@ def test_the_teacher_receives_no_gradient_from_kd():
     assert float(logs["kd_loss"]) > 0 and all(p.grad is None for p in crit.parameters())
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 64])  # every row alone, a short last chunk, one chunk
+def test_gold_probs_is_the_softmax_probability_of_the_gold_token(chunk):
+    logits = torch.randn(2, 5, 11).bfloat16()
+    target = torch.randint(0, 11, (2, 5))
+    ref = torch.softmax(logits.double(), -1).gather(-1, target[..., None]).squeeze(-1)  # by the definition
+    got = cm.gold_probs(logits, target, chunk=chunk)
+    assert got.dtype == torch.float32 and got.shape == (2, 5)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_kl_rows_matches_the_reference_value_and_gradient(dtype):
     logits = torch.randn(2, 5, 11).to(dtype).requires_grad_()

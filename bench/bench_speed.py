@@ -89,8 +89,24 @@ def build_trainer(a, crit: str, flags: str):
     task = TASKS.get(args.task).setup_task(args)  # e.g. --extra "--task multilingual_translation ..."
     model, criterion = task.build_model(args), task.build_criterion(args)
     trainer = Trainer(args, task, model, criterion, torch.device("cpu"))
+    if a.init_from:
+        init_from(trainer, a.init_from)
     prime_teachers(task, trainer)
     return task, trainer
+
+
+def init_from(trainer, path: str) -> None:
+    """Start every timed criterion from a trained checkpoint's model weights (and its
+    criterion's weights, e.g. a CBBGCA CMLM decoder, when they fit this criterion), so that
+    data-dependent costs (CBBGCA's gated fraction) are those of a real run, not of a
+    random model. The optimizer and update count start fresh."""
+    from nmt_sd.training.checkpoint import load_checkpoint_file, load_model_state
+
+    state = load_checkpoint_file(path)
+    load_model_state(trainer.model, state["model"], path)
+    own, saved = trainer.criterion.state_dict(), state.get("criterion") or {}
+    if own and own.keys() == saved.keys():
+        trainer.criterion.load_state_dict(saved)
 
 
 def prime_teachers(task, trainer) -> None:
@@ -220,6 +236,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--updates", type=int, default=20)
     p.add_argument("--path", help="checkpoint (generate mode)")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="ratios: start every criterion from this checkpoint's weights (default: random init)")
     p.add_argument("--subset", default="test")
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--child", action="store_true")

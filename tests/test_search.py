@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt_sd.errors import NmtSdError
-from nmt_sd.generation.search import beam_search, greedy_search, special_ids
+from nmt_sd.generation.greedy import greedy_search
+from nmt_sd.generation.search import beam_search, special_ids
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 A, B, C, D, E, F = 4, 5, 6, 7, 8, 9

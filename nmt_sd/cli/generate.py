@@ -10,10 +10,11 @@ import torch
 
 from nmt_sd.cli.common import run_cli
 from nmt_sd.errors import NmtSdError
+from nmt_sd.generation.greedy import greedy_search
 from nmt_sd.generation.load import half_precision_linears, inference_autocast, load_model_for_inference
 from nmt_sd.generation.parallel import decode_batches
 from nmt_sd.generation.scoring import format_result, score_corpus
-from nmt_sd.generation.search import beam_search, greedy_search, special_ids
+from nmt_sd.generation.search import beam_search, special_ids
 from nmt_sd.options import ArgumentParser, add_generation_args, add_inter_threads_arg
 from nmt_sd.training.trainer import move_to
 

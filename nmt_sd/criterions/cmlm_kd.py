@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss
+from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
 from nmt_sd.errors import NmtSdError
 from nmt_sd.models.cmlm import CMLMDecoder, build_frozen_teacher, random_cmlm_mask, rank_within_rows

@@ -45,7 +45,7 @@ import re
 import torch
 import torch.nn as nn
 
-from nmt_sd.criterions.functional import row_logsumexp, soft_cross_entropy_from_logits
+from nmt_sd.criterions.fused import row_logsumexp, soft_cross_entropy_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
 from nmt_sd.errors import NmtSdError
 

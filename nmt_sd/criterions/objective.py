@@ -17,12 +17,9 @@ import torch
 import torch.nn as nn
 
 from nmt_sd.criterions import CRITERIONS, Criterion
-from nmt_sd.criterions.functional import (
-    fused_label_smoothed_nll_loss,
-    label_smoothed_nll_loss,
-    log_probs,
-    multi_pass_ce_from_logits,
-)
+from nmt_sd.criterions.functional import label_smoothed_nll_loss, log_probs
+from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss
+from nmt_sd.criterions.multi_pass import multi_pass_ce_from_logits
 from nmt_sd.errors import NmtSdError
 from nmt_sd.registry import Registry
 

@@ -8,7 +8,7 @@ the passes (the official fairseq convention, so published alphas keep their mean
 ``--rdrop-ce mean`` gives the README snippet's 0.5 (CE1 + CE2). No stop-gradient.
 Unlike the official code, alpha is a float (the official ``--reg-alpha`` is an int).
 """
-from nmt_sd.criterions.functional import symmetric_kl_from_logits
+from nmt_sd.criterions.fused import symmetric_kl_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset
 
 

@@ -41,7 +41,7 @@ import argparse
 import torch
 import torch.nn as nn
 
-from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss, soft_cross_entropy_from_logits
+from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss, soft_cross_entropy_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
 from nmt_sd.errors import NmtSdError
 from nmt_sd.models.transformer import EncoderOut, TransformerDecoderLayer, ffn

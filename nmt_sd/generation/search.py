@@ -18,7 +18,8 @@ Model protocol (what ``nmt_sd/models/transformer.py`` provides)::
 prev_output_tokens (N, t) is the full prefix, starting with </s>. With a cache only the
 last position is computed: logits (N, 1, V); extra["attn"] is None or (N, 1, S).
 
-Both searches are vectorised over batch * beam; the only Python loop is over time steps.
+Both searches (greedy decoding is in ``greedy.py``) are vectorised over batch * beam; the
+only Python loop is over time steps.
 Sentences that are done leave the active batch (the cache and encoder output are
 reordered to drop them), so the cost of a step falls as sentences finish.
 """
@@ -61,7 +62,7 @@ def max_lengths(
 
 
 @dataclass
-class _Finished:
+class Finished:
     """Finished hypotheses of every input sentence, stored densely.
 
     K is the number of slots per sentence (beam size) and T the longest possible output.
@@ -84,7 +85,7 @@ class _Finished:
         pad: int,
         with_attn: bool,
         device: torch.device,
-    ) -> _Finished:
+    ) -> Finished:
         attn = None
         if with_attn:
             attn = torch.zeros(bsz, slots, width, src_len, device=device)
@@ -101,7 +102,7 @@ class _Finished:
 
 
 @contextlib.contextmanager
-def _decoding_mode(model: nn.Module) -> Iterator[None]:
+def decoding_mode(model: nn.Module) -> Iterator[None]:
     """eval() + inference_mode during a search; restores the training flag after."""
     was_training = model.training
     model.eval()
@@ -112,7 +113,7 @@ def _decoding_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _decode_step(
+def decode_step(
     model: nn.Module, prefix: Tensor, enc: Any, cache: Any, want_attn: bool
 ) -> tuple[Tensor, Tensor | None]:
     """One incremental decoder call.
@@ -135,10 +136,10 @@ def _decode_step(
 CHUNK_ELEMENTS = 1 << 17
 
 
-def _row_top(logits: Tensor, k: int, step: int, row_max_len: Tensor, **constraints: Any) -> tuple[Tensor, Tensor]:
+def row_top(logits: Tensor, k: int, step: int, row_max_len: Tensor, **constraints: Any) -> tuple[Tensor, Tensor]:
     """Each row's k best next tokens under the search constraints.
 
-    lprobs = log_softmax(logits) in float32, constrained as ``_constrain`` does, then
+    lprobs = log_softmax(logits) in float32, constrained as ``constrain`` does, then
     top-k per row; computed in chunks of rows, never as a whole (N, V) float32 tensor.
 
     Args:
@@ -154,12 +155,12 @@ def _row_top(logits: Tensor, k: int, step: int, row_max_len: Tensor, **constrain
     for start in range(0, num_rows, rows):
         end = min(start + rows, num_rows)
         lprobs = torch.log_softmax(logits[start:end].float(), dim=-1)  # (n, V)
-        _constrain(lprobs, step, row_max_len[start:end], **constraints)
+        constrain(lprobs, step, row_max_len[start:end], **constraints)
         torch.topk(lprobs, k, dim=1, out=(top_lprobs[start:end], top_tokens[start:end]))
     return top_lprobs, top_tokens
 
 
-def _constrain(
+def constrain(
     lprobs: Tensor,
     step: int,
     row_max_len: Tensor,
@@ -189,7 +190,7 @@ def _constrain(
     return lprobs
 
 
-def _check_args(beam: int, nbest: int, src_tokens: Tensor, src_lengths: Tensor) -> None:
+def check_search_args(beam: int, nbest: int, src_tokens: Tensor, src_lengths: Tensor) -> None:
     if beam < 1:
         raise NmtSdError(f"--beam must be >= 1, got {beam}")
     if not 1 <= nbest <= beam:
@@ -201,8 +202,8 @@ def _check_args(beam: int, nbest: int, src_tokens: Tensor, src_lengths: Tensor) 
         )
 
 
-def _to_hypotheses(
-    fin: _Finished, nbest: int, src_lengths: Tensor
+def to_hypotheses(
+    fin: Finished, nbest: int, src_lengths: Tensor
 ) -> list[list[Hypothesis]]:
     """Unpack the dense finished store into per-sentence lists sorted by score (desc).
 
@@ -232,7 +233,7 @@ def _to_hypotheses(
 
 
 def _finalize(
-    fin: _Finished,
+    fin: Finished,
     state: dict[str, Tensor],
     step: int,
     cands: tuple[Tensor, ...],
@@ -271,7 +272,7 @@ def _select_candidates(
 
     Args:
         row_lprobs, row_tokens: (B'*K, 2K) each row's own top 2K constrained log-probs
-            and their tokens (``_row_top``).
+            and their tokens (``row_top``).
         cum_scores: (B'*K,) summed log-probs of each live hypothesis.
     Returns:
         cand_rows (B', 2K) row of the parent hypothesis in the active batch,
@@ -296,7 +297,7 @@ def _select_candidates(
 
 def _advance_beams(
     state: dict[str, Tensor],
-    fin: _Finished,
+    fin: Finished,
     step: int,
     cands: tuple[Tensor, ...],
 ) -> Tensor | None:
@@ -333,7 +334,7 @@ def _advance_beams(
 
 def _init_beam_state(
     max_len: Tensor, beam: int, src_len: int, bos: int, pad: int, with_attn: bool
-) -> tuple[dict[str, Tensor], _Finished]:
+) -> tuple[dict[str, Tensor], Finished]:
     """Active-batch tensors, one row per (sentence, beam) pair (N = B * K at first),
     and the empty store of finished hypotheses.
 
@@ -358,12 +359,12 @@ def _init_beam_state(
     }
     if with_attn:
         state["attn"] = torch.zeros(bsz * beam, width, src_len, device=device)
-    fin = _Finished.empty(bsz, beam, width, src_len, pad, with_attn, device)
+    fin = Finished.empty(bsz, beam, width, src_len, pad, with_attn, device)
     return state, fin
 
 
 def _record_attn(
-    state: dict[str, Tensor], fin: _Finished, attn: Tensor | None, step: int
+    state: dict[str, Tensor], fin: Finished, attn: Tensor | None, step: int
 ) -> None:
     """Keep this step's cross-attention (N, S); drop it all if the decoder has none."""
     if "attn" in state and attn is None:
@@ -406,14 +407,14 @@ def beam_search(
         (desc): {"tokens": (L,) long ending in </s>, "score": float,
         "positional_scores": (L,) float}. Fewer only if hypotheses score -inf.
     """
-    _check_args(beam, nbest, src_tokens, src_lengths)
+    check_search_args(beam, nbest, src_tokens, src_lengths)
     bsz, src_len = src_tokens.shape
     max_len = max_lengths(model, src_lengths, max_len_a, max_len_b)  # (B,)
     state, fin = _init_beam_state(max_len, beam, src_len, eos if bos is None else bos, pad, return_attn)
     constraints = dict(
         min_len=min_len, unk_penalty=unk_penalty, eos=eos, pad=pad, unk=unk
     )
-    with _decoding_mode(model):
+    with decoding_mode(model):
         enc = model.encoder(src_tokens, src_lengths)  # (B, S, C)
         # a decoder that sets ``groups_beam_rows`` takes one encoder row per sentence and
         # groups the K beam rows onto it (cross-attention K/V computed and kept once);
@@ -425,8 +426,8 @@ def beam_search(
         cache = model.decoder.init_cache()
         for step in range(state["pos_scores"].size(1)):
             prefix = state["tokens"][:, : step + 1]  # (N, step + 1)
-            logits, attn = _decode_step(model, prefix, enc, cache, return_attn)
-            row_lprobs, row_tokens = _row_top(logits, 2 * beam, step, state["max_len"], **constraints)
+            logits, attn = decode_step(model, prefix, enc, cache, return_attn)
+            row_lprobs, row_tokens = row_top(logits, 2 * beam, step, state["max_len"], **constraints)
             _record_attn(state, fin, attn, step)
             cands = _select_candidates(row_lprobs, row_tokens, state["cum_scores"], beam, eos)
             _finalize(fin, state, step, cands, lenpen, eos)
@@ -444,75 +445,4 @@ def beam_search(
                 sent_order = new_order.view(-1, beam)[:, 0] // beam  # (B'',) old sentence rows
                 cache.reorder(sent_order, parts=("cross",))
                 enc = model.reorder_encoder_out(enc, sent_order)
-    return _to_hypotheses(fin, nbest, src_lengths)
-
-
-def greedy_search(
-    model: nn.Module,
-    src_tokens: Tensor,
-    src_lengths: Tensor,
-    *,
-    max_len_a: float = 0.0,
-    max_len_b: int = 200,
-    min_len: int = 1,
-    lenpen: float = 1.0,
-    unk_penalty: float = 0.0,
-    eos: int = 2,
-    pad: int = 1,
-    unk: int = 3,
-    bos: int | None = None,
-    return_attn: bool = False,
-) -> list[list[Hypothesis]]:
-    """Batched greedy (argmax) decoding, with the same constraints and output format as
-    ``beam_search`` at beam=1, nbest=1 (score = sum of positional scores / L ** lenpen).
-    """
-    _check_args(1, 1, src_tokens, src_lengths)
-    bsz, src_len = src_tokens.shape
-    device = src_tokens.device
-    max_len = max_lengths(model, src_lengths, max_len_a, max_len_b)  # (B,)
-    width = int(max_len.max()) + 1
-    fin = _Finished.empty(bsz, 1, width, src_len, pad, return_attn, device)
-    prefix = torch.full((bsz, width + 1), pad, dtype=torch.long, device=device)
-    prefix[:, 0] = eos if bos is None else bos  # (B', width + 1)
-    sent_ids = torch.arange(bsz, device=device)  # (B',) input index of active rows
-    constraints = dict(
-        min_len=min_len, unk_penalty=unk_penalty, eos=eos, pad=pad, unk=unk
-    )
-    with _decoding_mode(model):
-        enc = model.encoder(src_tokens, src_lengths)
-        cache = model.decoder.init_cache()
-        for step in range(width):
-            prefix_so_far = prefix[:, : step + 1]  # (B', step + 1)
-            logits, attn = _decode_step(model, prefix_so_far, enc, cache, return_attn)
-            best_lprobs, best_tokens = _row_top(logits, 1, step, max_len[sent_ids], **constraints)
-            tokens = best_tokens[:, 0]  # (B',)
-            # forced </s> even if the model gives it -inf (a forced row has no other finite token)
-            tokens.masked_fill_(max_len[sent_ids].le(step), eos)
-            fin.tokens[sent_ids, 0, step] = tokens
-            fin.pos_scores[sent_ids, 0, step] = best_lprobs[:, 0]
-            if fin.attn is not None and attn is None:  # the decoder gives no attention
-                fin.attn = None
-            elif fin.attn is not None:
-                fin.attn[sent_ids, 0, step] = attn
-            done = tokens.eq(eos)  # (B',)
-            fin.lengths[sent_ids[done], 0] = step + 1
-            alive = (~done).nonzero().squeeze(1)  # (B'',)
-            if alive.numel() == 0:
-                break
-            if alive.numel() < sent_ids.numel():  # sentences left: shrink the batch
-                cache.reorder(alive)
-                enc = model.reorder_encoder_out(enc, alive)
-                sent_ids, prefix = sent_ids[alive], prefix[alive]
-            prefix[:, step + 1] = tokens[alive]
-    _score_greedy(fin, lenpen)
-    return _to_hypotheses(fin, 1, src_lengths)
-
-
-def _score_greedy(fin: _Finished, lenpen: float) -> None:
-    """Fill the single slot's score: sum of positional scores / length ** lenpen."""
-    lengths = fin.lengths[:, 0]  # (B,)
-    width = fin.pos_scores.size(2)
-    valid = torch.arange(width, device=lengths.device) < lengths.unsqueeze(1)  # (B, W)
-    summed = fin.pos_scores[:, 0].masked_fill(~valid, 0.0).sum(dim=1)  # (B,)
-    fin.scores[:, 0] = summed / lengths.to(summed.dtype) ** lenpen
-    fin.count.fill_(1)
+    return to_hypotheses(fin, nbest, src_lengths)

@@ -54,7 +54,8 @@ def valid_stats(trainer, valid_itr) -> Tuple[Dict[str, float], Dict[str, Dict[st
 @torch.no_grad()
 def decode_dataset(model, itr, tgt_dict, device, beam, max_len_a, max_len_b, lenpen, remove_bpe, autocast):
     """Decode every batch of ``itr``; returns {id: (hypothesis text, reference text)}."""
-    from nmt_sd.generation.search import beam_search, greedy_search
+    from nmt_sd.generation.greedy import greedy_search
+    from nmt_sd.generation.search import beam_search
 
     model.eval()
     out = {}

@@ -7,12 +7,7 @@ import torch
 
 from nmt_sd.criterions import cmlm_kd as cm
 from nmt_sd.criterions import objective as objective_mod
-from nmt_sd.criterions.functional import (
-    kd_kl,
-    label_smoothed_nll_loss,
-    log_probs,
-    symmetric_kl,
-)
+from nmt_sd.criterions.functional import kd_kl, label_smoothed_nll_loss, log_probs, symmetric_kl
 from nmt_sd.criterions.objective import Objective, Pass, run_passes
 from nmt_sd.errors import NmtSdError
 from nmt_sd.options import parse_training_args

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss, label_smoothed_nll_loss, log_probs
+from nmt_sd.criterions.functional import label_smoothed_nll_loss, log_probs, x_divergence
+
+from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
@@ -34,7 +36,8 @@ def test_fused_ls_ce_bf16_logits_close_to_float32():
 
 @pytest.mark.parametrize("chunk", [2, 256])
 def test_fused_symmetric_kl_matches_reference(chunk):
-    from nmt_sd.criterions.functional import symmetric_kl, symmetric_kl_from_logits
+    from nmt_sd.criterions.functional import symmetric_kl
+    from nmt_sd.criterions.fused import symmetric_kl_from_logits
 
     zp = (torch.randn(2, 5, 11, dtype=torch.float64) * 2).requires_grad_()
     zq = (torch.randn(2, 5, 11, dtype=torch.float64) * 2).requires_grad_()
@@ -52,7 +55,7 @@ def test_fused_symmetric_kl_matches_reference(chunk):
 @pytest.mark.parametrize("kind", ["x", "js"])
 @pytest.mark.parametrize("k", [2, 3])
 def test_fused_x_divergence_matches_reference(kind, k):
-    from nmt_sd.criterions.functional import x_divergence, x_divergence_from_logits
+    from nmt_sd.criterions.fused import x_divergence_from_logits
 
     zs = [(torch.randn(2, 4, 9, dtype=torch.float64) * 2).requires_grad_() for _ in range(k)]
     pad = torch.tensor([[False] * 4, [False, True, True, True]])
@@ -67,7 +70,8 @@ def test_fused_x_divergence_matches_reference(kind, k):
 
 
 def test_fused_soft_cross_entropy_matches_reference():
-    from nmt_sd.criterions.functional import soft_cross_entropy, soft_cross_entropy_from_logits
+    from nmt_sd.criterions.functional import soft_cross_entropy
+    from nmt_sd.criterions.fused import soft_cross_entropy_from_logits
 
     zs = (torch.randn(2, 4, 9, dtype=torch.float64) * 2).requires_grad_()
     zt = torch.randn(2, 4, 9, dtype=torch.float64) * 2
@@ -89,7 +93,7 @@ def test_fused_soft_cross_entropy_matches_reference():
 @pytest.mark.parametrize("k", [2, 3])
 def test_multi_pass_ce_matches_separate_ce_and_divergence(kind, k, as_list):
     """The fused sweep = sum of the passes' LS-CE and the divergence, values and grads."""
-    from nmt_sd.criterions.functional import multi_pass_ce_from_logits, x_divergence
+    from nmt_sd.criterions.multi_pass import multi_pass_ce_from_logits
 
     z = (torch.randn(k, 2, 5, 11, dtype=torch.float64) * 2).requires_grad_()
     target = torch.tensor([[3, 4, 5, 6, 2], [7, 8, 2, 1, 1]])  # 1 = pad
@@ -111,7 +115,7 @@ def test_multi_pass_ce_matches_separate_ce_and_divergence(kind, k, as_list):
 
 
 def test_multi_pass_x_divergence_is_zero_for_equal_passes():
-    from nmt_sd.criterions.functional import multi_pass_ce_from_logits
+    from nmt_sd.criterions.multi_pass import multi_pass_ce_from_logits
 
     z = torch.randn(1, 3, 4, 9).to(torch.bfloat16).expand(3, 3, 4, 9)
     _, _, div = multi_pass_ce_from_logits(z, torch.full((3, 4), 5), 0.1, 1, "x")
@@ -121,7 +125,7 @@ def test_multi_pass_x_divergence_is_zero_for_equal_passes():
 def test_fused_ce_leaves_float32_logits_untouched_and_scales_its_gradient():
     """The fused CE works on a float32 copy of each chunk (an in-place exp on a view of
     float32 logits would corrupt them), and an upstream gradient scales the stored one."""
-    from nmt_sd.criterions.functional import fused_label_smoothed_nll_loss
+    from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss
 
     torch.manual_seed(0)
     logits = torch.randn(5, 7, requires_grad=True)
@@ -142,7 +146,7 @@ def test_fused_ce_leaves_float32_logits_untouched_and_scales_its_gradient():
 def test_multi_pass_gradient_made_in_forward(hint, kind, as_list, monkeypatch):
     """With the caller's weights as a hint the gradient is made in forward and backward
     does no chunk work; a wrong or missing hint still gives the exact gradient."""
-    from nmt_sd.criterions import functional as fn
+    from nmt_sd.criterions import multi_pass as fn
 
     calls = []
     real = fn._multi_pass_chunk_grad
@@ -152,7 +156,7 @@ def test_multi_pass_gradient_made_in_forward(hint, kind, as_list, monkeypatch):
     target = torch.tensor([[3, 4, 5, 6, 2], [7, 8, 2, 1, 1]])  # 1 = pad
     lp = torch.log_softmax(z, -1)
     ce = sum(label_smoothed_nll_loss(lp[i].reshape(-1, 11), target.reshape(-1), 0.1, 1)[0] for i in range(k))
-    ref_g, = torch.autograd.grad(w[0] * ce + w[1] * fn.x_divergence(list(lp), target.eq(1), kind), z)
+    ref_g, = torch.autograd.grad(w[0] * ce + w[1] * x_divergence(list(lp), target.eq(1), kind), z)
     zs = [z[i].detach().clone().requires_grad_() for i in range(k)]
     z2 = z.detach().clone().requires_grad_()
     weights = {"match": w, "differs": (1.0, 1.0), "none": None}[hint]

@@ -93,7 +93,7 @@ def test_term_uses_update_counter():
 def test_objective_makes_the_multi_pass_gradient_in_forward(crit, over, monkeypatch):
     """The objective hints its loss weights to the fused loss: backward does no chunk
     work, and the gradients equal those of the same passes without the hint."""
-    from nmt_sd.criterions import functional as fn
+    from nmt_sd.criterions import multi_pass as fn
 
     model, b = model_and_batch(dropout=0.3)
     c, _ = objective(crit, **over)

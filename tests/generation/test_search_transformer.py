@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from nmt_sd.generation.search import beam_search, greedy_search, special_ids
+from nmt_sd.generation.greedy import greedy_search
+from nmt_sd.generation.search import beam_search, special_ids
 from nmt_sd.models import TransformerModel
 from tests.conftest import ragged_batch, tiny_args, tiny_dict
 
@@ -101,8 +102,8 @@ def test_row_top_in_chunks_equals_the_whole_constrained_log_softmax(chunk, monke
     row_max_len = torch.tensor([9, 2, 9, 9, 2])  # rows 1 and 4 must end now (step 2)
     kw = dict(min_len=1, unk_penalty=0.5, eos=2, pad=1, unk=3)
     for step in (0, 2):
-        ref = search._constrain(torch.log_softmax(logits.float(), -1), step, row_max_len, **kw).topk(4, dim=1)
-        got = search._row_top(logits, 4, step, row_max_len, **kw)
+        ref = search.constrain(torch.log_softmax(logits.float(), -1), step, row_max_len, **kw).topk(4, dim=1)
+        got = search.row_top(logits, 4, step, row_max_len, **kw)
         assert torch.equal(got[0], ref.values) and torch.equal(got[1], ref.indices)
         assert got[0].dtype == torch.float32
     assert got[1][1, 0] == 2 and got[0][1, 1:].eq(float("-inf")).all()  # forced: </s> alone is finite

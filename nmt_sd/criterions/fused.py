@@ -1,0 +1,289 @@
+"""Fused, chunked losses from logits: each gives the same value and gradients as its
+reference in ``functional.py`` on ``log_probs(logits)``, without keeping float32 (N, V)
+tensors for backward. Rows are taken in chunks whose float32 temporaries stay in cache;
+most gradients are made during forward, so backward only scales or scatters them."""
+import math
+from typing import Optional, Tuple
+
+import torch
+
+
+def zero_rows(g: torch.Tensor, rows: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Zero g's rows along ``dim`` where the bool mask ``rows`` is True; on CPU only the
+    selected rows are written."""
+    if g.device.type == "cpu":
+        return g.index_fill_(dim, rows.nonzero().squeeze(-1), 0.0)
+    shape = [1] * g.dim()
+    shape[dim] = rows.numel()
+    return g.masked_fill_(rows.view(shape), 0.0)
+
+
+def _times_upstream(g: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A gradient made in forward times the scalar upstream gradient; on CPU an upstream 1
+    (the trainer's case) returns ``g`` itself, with no extra pass over it."""
+    if g.device.type == "cpu" and grad.item() == 1.0:
+        return g
+    return g * grad
+
+
+class _FusedLabelSmoothedCE(torch.autograd.Function):
+    """Label-smoothed CE straight from logits, chunked over rows.
+
+    The gradient is made in the forward pass, while each float32 chunk is in cache,
+    and kept instead of the logits: d loss / d z = p - w, where w is the smoothed
+    target distribution (1-eps-eps_i on gold, eps_i elsewhere; sums to 1). One exp per
+    element: e = exp(z - max), lse = max + log sum e, p = e / sum e.
+    Backward returns the stored gradient itself when only the loss is used with an
+    upstream gradient of 1 (the trainer's case on CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, epsilon: float, ignore_index: int, chunk: int):
+        n, vocab = logits.shape
+        eps_i = epsilon / (vocab - 1)
+        keep = target.ne(ignore_index)
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(logits) if need_grad else None
+        nll = torch.empty(n, dtype=torch.float32, device=logits.device)
+        smooth = torch.empty(n, dtype=torch.float32, device=logits.device)
+        for s in range(0, n, chunk):
+            t = target[s : s + chunk]
+            z = logits[s : s + chunk].to(torch.float32, copy=True)  # (c, V), ours to overwrite
+            z_gold = z.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+            z_sum = z.sum(-1)
+            m = z.amax(-1, keepdim=True)
+            e = z.sub_(m).exp_()  # (c, V) exp(z - max), in place
+            se = e.sum(-1)
+            lse = m.squeeze(-1) + se.log()
+            nll[s : s + chunk] = lse - z_gold
+            smooth[s : s + chunk] = vocab * lse - z_sum
+            if need_grad:  # p - eps_i everywhere, -(1 - eps - eps_i) more on gold, 0 on pad rows
+                g = e.div_(se.unsqueeze(-1)).sub_(eps_i)
+                g.scatter_add_(-1, t.unsqueeze(-1), g.new_full((t.size(0), 1), -(1.0 - epsilon - eps_i)))
+                grad[s : s + chunk] = zero_rows(g, ~keep[s : s + chunk])
+        nll = nll.masked_fill(~keep, 0.0).sum()
+        smooth = smooth.masked_fill(~keep, 0.0).sum()
+        loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        ctx.save_for_backward(grad, target)
+        ctx.params = (epsilon, eps_i, ignore_index)
+        return loss, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll):
+        grad, target = ctx.saved_tensors
+        epsilon, eps_i, ignore_index = ctx.params
+        if grad_loss is None:
+            grad_loss = torch.zeros((), device=grad.device)
+        if grad_nll is None:  # the usual case: the nll is only logged
+            return _times_upstream(grad, grad_loss), None, None, None, None
+        # d nll / dz = p - onehot = (p - w) + (w - onehot); w - onehot is eps_i off gold, -eps on gold
+        out = grad * (grad_loss + grad_nll)
+        out.add_(grad_nll * eps_i)
+        gold = (-(epsilon + eps_i) * grad_nll).to(out.dtype).expand(target.size(0), 1)
+        out.scatter_add_(-1, target.unsqueeze(-1), gold)
+        return zero_rows(out, target.eq(ignore_index)), None, None, None, None
+
+
+def fused_label_smoothed_nll_loss(
+    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int, chunk: int = 64
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Same values and gradients as ``label_smoothed_nll_loss(log_probs(logits), ...)``
+    without materialising float32 log-probs for backward.
+
+    Args:
+        logits: (N, V) in any float dtype; target: (N,).
+    Returns:
+        (loss, nll_loss) scalar float32 sums over non-pad rows.
+    """
+    return _FusedLabelSmoothedCE.apply(logits, target, epsilon, ignore_index, chunk)
+
+
+class _SymmetricKLFromLogits(torch.autograd.Function):
+    """1/2 sum_v (p - q)(log p - log q) over kept rows, from logits, chunked.
+
+    With a = log p, b = log q: d/dz_p = 1/2 [p (a - b) + p - q] - 1/2 p KL(p||q), and
+    symmetrically for z_q; backward recomputes the softmaxes chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, z_p, z_q, keep, chunk: int):
+        total = torch.zeros((), dtype=torch.float32, device=z_p.device)
+        for s in range(0, z_p.size(0), chunk):
+            a = torch.log_softmax(z_p[s : s + chunk].float(), -1)
+            b = torch.log_softmax(z_q[s : s + chunk].float(), -1)
+            rows = ((a.exp() - b.exp()) * (a - b)).sum(-1)  # (c,)
+            total += rows.masked_fill(~keep[s : s + chunk], 0.0).sum()
+        ctx.save_for_backward(z_p, z_q, keep)
+        ctx.chunk = chunk
+        return 0.5 * total
+
+    @staticmethod
+    def backward(ctx, grad):
+        z_p, z_q, keep = ctx.saved_tensors
+        g_p, g_q = torch.empty_like(z_p), torch.empty_like(z_q)
+        for s in range(0, z_p.size(0), ctx.chunk):
+            a = torch.log_softmax(z_p[s : s + ctx.chunk].float(), -1)
+            b = torch.log_softmax(z_q[s : s + ctx.chunk].float(), -1)
+            p, q, d = a.exp(), b.exp(), a - b
+            k = keep[s : s + ctx.chunk].unsqueeze(-1).to(p.dtype) * (0.5 * grad)  # (c, 1)
+            pd, qd = p * d, q * d
+            kl_pq, kl_qp = pd.sum(-1, keepdim=True), -qd.sum(-1, keepdim=True)
+            g_p[s : s + ctx.chunk] = ((pd + p - q - p * kl_pq) * k).to(g_p.dtype)
+            g_q[s : s + ctx.chunk] = ((q - p - qd - q * kl_qp) * k).to(g_q.dtype)
+        return g_p, g_q, None, None
+
+
+def symmetric_kl_from_logits(
+    logits_p: torch.Tensor, logits_q: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
+    """``symmetric_kl(log_softmax(logits_p), log_softmax(logits_q), pad_mask)`` without
+    keeping float32 (B, T, V) tensors for backward (same value and gradients).
+
+    Args:
+        logits_p, logits_q: (B, T, V) any float dtype; pad_mask: (B, T) True at pads.
+    """
+    v = logits_p.size(-1)
+    keep = ~pad_mask.reshape(-1)
+    return _SymmetricKLFromLogits.apply(logits_p.reshape(-1, v), logits_q.reshape(-1, v), keep, chunk)
+
+
+def mean_over_passes(x: torch.Tensor) -> torch.Tensor:
+    """x.mean(0) for a (K, c, V) tensor, as K-1 adds of contiguous slices (a reduction over
+    the leading dim is several times slower on CPU)."""
+    out = x[0].clone()
+    for i in range(1, x.size(0)):
+        out.add_(x[i])
+    return out.div_(x.size(0))
+
+
+def x_centre(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Centre the log-probs in place, a_i <- a_i - a_bar, and return
+    s_i = sum_v p_i (a_i - a_bar), (K, c, 1). The X-divergence of each row is
+    sum_i s_i / K, since sum_i sum_v p_bar a_i = sum_i sum_v p_i a_bar."""
+    a.sub_(mean_over_passes(a))
+    return torch.linalg.vecdot(p, a).unsqueeze(-1)
+
+
+def _xdiv_chunk(zs, kind: str, need_grad: bool):
+    """X/JS divergence rows (c,) of K logit chunks (c, V), and d rows / d z_i if asked."""
+    a = torch.stack([torch.log_softmax(z.float(), -1) for z in zs])  # (K, c, V)
+    return xdiv_from_lprobs(a, a.exp(), kind, need_grad)
+
+
+def xdiv_from_lprobs(a, p, kind: str, need_grad: bool):
+    """X/JS divergence rows (c,) from log-probs ``a`` and probs ``p`` (K, c, V) float32,
+    and d rows / d logits (K, c, V) if asked. For "x", ``a`` is centred in place."""
+    k = a.size(0)
+    if kind == "x":  # the log p_bar terms cancel: X = 1/K sum_i s_i (see x_centre)
+        s_i = x_centre(a, p)  # (K, c, 1)
+        rows = s_i.sum(0).squeeze(-1) / k
+        if not need_grad:
+            return rows, None
+        return rows, (p * (a + 1.0 - s_i) - mean_over_passes(p)) / k
+    log_m = torch.logsumexp(a, 0) - math.log(k)  # (c, V)
+    kl = (p * (a - log_m)).sum(-1, keepdim=True)  # (K, c, 1): KL(p_i || p_bar)
+    rows = kl.sum(0).squeeze(-1) / k
+    return rows, ((p * (a - log_m) - p * kl) / k if need_grad else None)
+
+
+class _XDivergenceFromLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, keep, kind: str, chunk: int, *zs):
+        total = torch.zeros((), dtype=torch.float32, device=zs[0].device)
+        for s in range(0, zs[0].size(0), chunk):
+            rows, _ = _xdiv_chunk([z[s : s + chunk] for z in zs], kind, False)
+            total += rows.masked_fill(~keep[s : s + chunk], 0.0).sum()
+        ctx.save_for_backward(keep, *zs)
+        ctx.kind, ctx.chunk = kind, chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        keep, *zs = ctx.saved_tensors
+        grads = [torch.empty_like(z) for z in zs]
+        for s in range(0, zs[0].size(0), ctx.chunk):
+            _, g = _xdiv_chunk([z[s : s + ctx.chunk] for z in zs], ctx.kind, True)
+            g = g * (keep[s : s + ctx.chunk].unsqueeze(-1).to(g.dtype) * grad)
+            for i, gi in enumerate(grads):
+                gi[s : s + ctx.chunk] = g[i].to(gi.dtype)
+        return (None, None, None, *grads)
+
+
+def x_divergence_from_logits(logits: list, pad_mask: torch.Tensor, kind: str = "x", chunk: int = 64) -> torch.Tensor:
+    """``x_divergence([log_softmax(z) for z in logits], pad_mask, kind)`` from the logits,
+    chunked with analytic gradients (no float32 (K, B, T, V) tensors kept for backward).
+
+    Args:
+        logits: K tensors (B, T, V), any float dtype; pad_mask: (B, T) True at pads.
+    """
+    if kind not in ("x", "js"):
+        raise ValueError(f"unknown divergence {kind!r} (x or js)")
+    v = logits[0].size(-1)
+    keep = ~pad_mask.reshape(-1)
+    return _XDivergenceFromLogits.apply(keep, kind, chunk, *(z.reshape(-1, v) for z in logits))
+
+
+def row_logsumexp(logits: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """logsumexp over the last dim in float32, row chunk by row chunk, no gradient.
+
+    Args:
+        logits: (..., V) any float dtype.
+    Returns:
+        (...) float32.
+    """
+    z = logits.detach().reshape(-1, logits.size(-1))
+    out = torch.empty(z.size(0), dtype=torch.float32, device=z.device)
+    for s in range(0, z.size(0), chunk):
+        out[s : s + chunk] = torch.logsumexp(z[s : s + chunk].float(), -1)
+    return out.view(logits.shape[:-1])
+
+
+class _SoftCEFromLogits(torch.autograd.Function):
+    """sum_rows w_r * -sum_v q_v log softmax(z)_v with q = softmax(teacher logits),
+    chunked; d/dz = w (softmax(z) - q) (q sums to 1). The teacher gets no gradient.
+    Rows with w = 0 (pads) contribute exactly 0. The gradient is made in the forward
+    pass, while each chunk is in cache, and kept instead of the logits."""
+
+    @staticmethod
+    def forward(ctx, z, teacher, weights, chunk: int):
+        need_grad = ctx.needs_input_grad[0]
+        g = torch.empty_like(z) if need_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=z.device)
+        for s in range(0, z.size(0), chunk):
+            zc = z[s : s + chunk].to(torch.float32, copy=True)  # (c, V), ours to overwrite
+            q = torch.softmax(teacher[s : s + chunk].float(), -1)
+            qz = (q * zc).sum(-1)
+            m = zc.amax(-1, keepdim=True)
+            e = zc.sub_(m).exp_()  # exp(z - max), in place
+            se = e.sum(-1)
+            rows = m.squeeze(-1) + se.log() - qz  # logsumexp(z) - sum_v q_v z_v
+            w = weights[s : s + chunk]
+            total += torch.where(w != 0, rows * w, 0.0).sum()
+            if need_grad:
+                g[s : s + chunk] = e.div_(se.unsqueeze(-1)).sub_(q).mul_(w.unsqueeze(-1))
+        ctx.save_for_backward(g)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        (g,) = ctx.saved_tensors
+        return _times_upstream(g, grad), None, None, None
+
+
+def soft_cross_entropy_from_logits(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 64,
+    weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """``soft_cross_entropy(log_softmax(teacher), log_softmax(student), pad_mask)`` from
+    logits (chunked; the teacher is treated as detached), optionally weighting each
+    token (LSSD's gates).
+
+    Args:
+        student_logits, teacher_logits: (B, T, V); pad_mask: (B, T) True at pads.
+        weights: (B, T) per-token weights (detached), default 1.
+    """
+    v = student_logits.size(-1)
+    keep = (~pad_mask.reshape(-1)).float()
+    w = keep if weights is None else weights.detach().reshape(-1).float() * keep
+    return _SoftCEFromLogits.apply(student_logits.reshape(-1, v), teacher_logits.detach().reshape(-1, v), w, chunk)

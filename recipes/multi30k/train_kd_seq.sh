@@ -2,7 +2,8 @@
 # Sequence-level KD on Multi30k de->en (Kim & Rush 2016): nmt-sd-seqkd translates the training
 # sources with the train_teacher.sh teacher (beam 5, as evaluate.sh), then the baseline recipe
 # trains the CPU-preset student on the distilled set (same dictionaries, valid and test; same
-# 5,000 updates). SEQ_INTER=1 keeps the beam candidate closest to the reference (sentence BLEU).
+# 5,000 updates). On CPU, SEQKD_PROCS processes decode at once (default: the cores available,
+# one thread each; the output does not depend on it). SEQ_INTER=1 keeps the beam candidate closest to the reference (sentence BLEU).
 # Paper: Seq-KD "seems to eliminate the need for beam search" (docs/methods.md 6.2).
 # nmt-sd: see README results.
 #   bash recipes/multi30k/train_teacher.sh && bash recipes/multi30k/train_kd_seq.sh
@@ -17,11 +18,12 @@ MAX_UPDATE=${MAX_UPDATE:-5000}
 TEACHER=${TEACHER:-$REPO/checkpoints/multi30k_teacher/checkpoint_avg5.pt}
 DISTILLED=${DISTILLED:-$DATA/bin_seqkd$INTER}
 mkdir -p "$SAVE"
+PROCS=${SEQKD_PROCS:-$(python -c "import os, torch; print(1 if torch.cuda.is_available() else len(os.sched_getaffinity(0)))")}
 
 if [[ ! -f "$DISTILLED/train.${SRC:-de}-${TGT:-en}.${TGT:-en}.idx" ]]; then  # written last
   nmt-sd-seqkd "$DATA/bin" --path "$TEACHER" --destdir "$DISTILLED" \
     --beam 5 --lenpen 1.0 --max-tokens 4096 --remove-bpe sentencepiece --bf16 \
-    ${INTER:+--seq-inter} 2>&1 | tee -a "$SAVE/seqkd.log"
+    --inter-threads "$PROCS" ${INTER:+--seq-inter} 2>&1 | tee -a "$SAVE/seqkd.log"
 fi
 
 nmt-sd-train "$DISTILLED" \

@@ -57,3 +57,19 @@ def test_a_failing_worker_ends_in_one_error_naming_its_cause():
     batches = [ragged_batch(d, seed=i) for i in range(4)]
     with pytest.raises(NmtSdError, match="a decoding worker failed: ValueError: boom in the worker"):
         list(decode_batches(model, batches, fail_in_worker, procs=2, threads=1))
+
+
+def test_inter_threads_is_refused_on_a_gpu_and_below_one(monkeypatch):
+    import argparse
+
+    from nmt_sd.cli.generate import setup_inference_device
+
+    args = argparse.Namespace(cpu=False, fp16=False, bf16=False, num_threads=None, inter_threads=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(NmtSdError, match="--inter-threads is for CPU decoding"):
+        setup_inference_device(args)
+    args.cpu = True  # --cpu on a GPU machine: allowed
+    assert setup_inference_device(args).type == "cpu"
+    args.inter_threads = 0
+    with pytest.raises(NmtSdError, match="--inter-threads must be >= 1"):
+        setup_inference_device(args)

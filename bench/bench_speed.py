@@ -107,6 +107,9 @@ def init_from(trainer, path: str) -> None:
     own, saved = trainer.criterion.state_dict(), state.get("criterion") or {}
     if own and own.keys() == saved.keys():
         trainer.criterion.load_state_dict(saved)
+    elif own:
+        print(f"init_from: {path} has no weights for this criterion's own modules: they start random",
+              file=sys.stderr)
 
 
 def prime_teachers(task, trainer) -> None:

@@ -106,11 +106,12 @@ def generate(a) -> None:
     ref = os.path.join(os.path.dirname(os.path.normpath(a.data)), "raw", f"{a.subset}.{a.tgt}")
     gen = ["--gen-subset", a.subset, "--beam", str(a.beam), "--lenpen", "1.0", "--max-len-a", "1.2",
            "--max-len-b", "10", "--max-tokens", str(a.max_tokens), "--remove-bpe", "sentencepiece"]
-    got = {"fairseq fp32": [], "nmt-sd fp32": [], "nmt-sd bf16": []}
     runs = [("fp32", 1), ("bf16", 1)]
     if a.threads > 1:  # also a.threads processes of one thread each (--inter-threads)
         runs += [("fp32", a.threads), ("bf16", a.threads)]
-        got.update({f"nmt-sd fp32/inter{a.threads}": [], f"nmt-sd bf16/inter{a.threads}": []})
+    label = {run: f"nmt-sd {run[0]}" + (f"/inter{run[1]}" if run[1] > 1 else "") for run in runs}
+    layout = {"fairseq fp32": f"1 x {a.threads}", **{label[r]: f"{r[1]} x {a.threads // r[1]}" for r in runs}}
+    got = {name: [] for name in layout}
     bleu = {}
     for r in range(a.rounds):
         log = run([os.path.join(a.fairseq_bin, "fairseq-generate"), a.fairseq_data, "--cpu", "--path",
@@ -119,7 +120,7 @@ def generate(a) -> None:
         hyps = dict(re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", log, re.M))
         bleu["fairseq fp32"] = sacrebleu_of([hyps[str(i)] for i in range(len(hyps))], ref)
         for prec, inter in runs:
-            name = f"nmt-sd {prec}" + (f"/inter{inter}" if inter > 1 else "")
+            name = label[prec, inter]
             with tempfile.TemporaryDirectory() as tmp:
                 cmd = ["nmt-sd-generate", a.data, "--path", a.checkpoint, "--num-threads", str(a.threads),
                        "--inter-threads", str(inter), "--results-path", tmp, "--quiet", *gen]
@@ -134,9 +135,7 @@ def generate(a) -> None:
           "|---|---|---|---|---|---|")
     for name, v in got.items():
         tool, prec = name.split()
-        prec, _, inter = prec.partition("/inter")
-        layout = f"{inter} x {a.threads // int(inter)}" if inter else f"1 x {a.threads}"
-        print(f"| {tool} | {prec} | {layout} | {statistics.median(v):.1f} ({', '.join(f'{x:.1f}' for x in v)}) | "
+        print(f"| {tool} | {prec.split('/')[0]} | {layout[name]} | {statistics.median(v):.1f} ({', '.join(f'{x:.1f}' for x in v)}) | "
               f"{statistics.median(v) / base:.2f}x | {bleu[name]} |")
 
 

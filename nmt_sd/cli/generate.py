@@ -136,8 +136,6 @@ def setup_inference_device(args) -> torch.device:
         raise NmtSdError("--inter-threads is for CPU decoding; on a GPU use one process (or --cpu)")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    if inter > 1:
-        logger.info(f"decoding {inter} batches at once, {max(1, torch.get_num_threads() // inter)} threads each")
     return torch.device("cuda" if use_cuda else "cpu")
 
 

@@ -41,6 +41,7 @@ def decode_batches(
         yield from _decode_here(model, batches, decode, stats)
         return
     threads = threads or max(1, torch.get_num_threads() // procs)
+    logger.info(f"decoding {procs} batches at once in {procs} processes, {threads} threads each")
     yield from _decode_in_processes(model, batches, decode, procs, threads, stats)
 
 

@@ -40,6 +40,7 @@ def train_one(a) -> dict:
 
     from nmt_sd.options import parse_training_args
     from nmt_sd.tasks import TASKS
+    from nmt_sd.training.cpu_allocator import setup_cpu_allocator
     from nmt_sd.training.trainer import Trainer
 
     argv = [a.data, "--arch", a.arch, "--share-all-embeddings", "--max-tokens", str(a.max_tokens),
@@ -48,6 +49,7 @@ def train_one(a) -> dict:
     if a.precision == "bf16":
         argv.append("--bf16")
     args = parse_training_args(argv)
+    setup_cpu_allocator(args.cpu_allocator, "cpu")  # as nmt-sd-train does ("--extra '--cpu-allocator system'")
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
     task = TASKS.get(args.task).setup_task(args)
@@ -77,6 +79,7 @@ def build_trainer(a, crit: str, flags: str):
 
     from nmt_sd.options import parse_training_args
     from nmt_sd.tasks import TASKS
+    from nmt_sd.training.cpu_allocator import setup_cpu_allocator
     from nmt_sd.training.trainer import Trainer
 
     argv = [a.data, "--arch", a.arch, "--share-all-embeddings", "--max-tokens", str(a.max_tokens),
@@ -85,6 +88,7 @@ def build_trainer(a, crit: str, flags: str):
     if a.precision == "bf16":
         argv.append("--bf16")
     args = parse_training_args(argv)
+    setup_cpu_allocator(args.cpu_allocator, "cpu")
     torch.manual_seed(1)
     task = TASKS.get(args.task).setup_task(args)  # e.g. --extra "--task multilingual_translation ..."
     model, criterion = task.build_model(args), task.build_criterion(args)

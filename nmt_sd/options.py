@@ -31,6 +31,9 @@ def add_common_args(p) -> None:
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast, float32 master weights")
     g.add_argument("--num-threads", type=int, default=None, metavar="N",
                    help="CPU threads (default: cores available / local processes)")
+    g.add_argument("--cpu-allocator", choices=["retain", "system"], default="retain",
+                   help="CPU training: 'retain' makes glibc keep freed memory, so the large tensors "
+                        "of each step do not page-fault in again (default); 'system' leaves malloc as it is")
     g.add_argument("--log-interval", type=int, default=100, metavar="N")
     g.add_argument("--log-format", choices=["json", "simple", "tqdm", "none"], default=None)
     g.add_argument("--no-progress-bar", action="store_true")

@@ -12,6 +12,7 @@ from nmt_sd.options import parse_training_args
 from nmt_sd.tasks import TASKS
 from nmt_sd.training import distributed as dist_utils
 from nmt_sd.training.checkpoint import find_restore_file, load_checkpoint_file
+from nmt_sd.training.cpu_allocator import setup_cpu_allocator
 from nmt_sd.training.init_from_teacher import init_from_teacher
 from nmt_sd.training.loop import RunState, train
 from nmt_sd.training.progress import Progress
@@ -35,6 +36,7 @@ def setup_device(args) -> torch.device:
         logging.getLogger().setLevel(logging.WARNING)  # as fairseq: only rank 0 logs INFO
     threads = args.num_threads or default_threads()
     torch.set_num_threads(threads)
+    setup_cpu_allocator(args.cpu_allocator, device.type)
     amp = "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32")
     logger.info(f"device: {device}, threads: {threads}, precision: {amp}, world size: {dist_utils.world_size()}")
     return device

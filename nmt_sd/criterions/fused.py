@@ -148,20 +148,27 @@ def symmetric_kl_from_logits(
     return _SymmetricKLFromLogits.apply(logits_p.reshape(-1, v), logits_q.reshape(-1, v), keep, chunk)
 
 
-def mean_over_passes(x: torch.Tensor) -> torch.Tensor:
-    """x.mean(0) for a (K, c, V) tensor, as K-1 adds of contiguous slices (a reduction over
+def sum_over_passes(x: torch.Tensor) -> torch.Tensor:
+    """x.sum(0) for a (K, c, V) tensor, as K-1 adds of contiguous slices (a reduction over
     the leading dim is several times slower on CPU)."""
-    out = x[0].clone()
-    for i in range(1, x.size(0)):
+    if x.size(0) == 1:
+        return x[0].clone()
+    out = torch.add(x[0], x[1])
+    for i in range(2, x.size(0)):
         out.add_(x[i])
-    return out.div_(x.size(0))
+    return out
+
+
+def mean_over_passes(x: torch.Tensor) -> torch.Tensor:
+    """x.mean(0) for a (K, c, V) tensor (see ``sum_over_passes``)."""
+    return sum_over_passes(x).div_(x.size(0))
 
 
 def x_centre(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Centre the log-probs in place, a_i <- a_i - a_bar, and return
     s_i = sum_v p_i (a_i - a_bar), (K, c, 1). The X-divergence of each row is
     sum_i s_i / K, since sum_i sum_v p_bar a_i = sum_i sum_v p_i a_bar."""
-    a.sub_(mean_over_passes(a))
+    a.sub_(sum_over_passes(a), alpha=1.0 / a.size(0))  # one pass: a_i - (sum_j a_j) / K
     return torch.linalg.vecdot(p, a).unsqueeze(-1)
 
 

@@ -6,19 +6,40 @@ from typing import Optional, Tuple
 
 import torch
 
-from nmt_sd.criterions.fused import mean_over_passes, x_centre, xdiv_from_lprobs, zero_rows
+from nmt_sd.criterions.fused import sum_over_passes, x_centre, xdiv_from_lprobs, zero_rows
 
 
-def _float_chunk(zs, s: int, c: int) -> torch.Tensor:
-    """Rows s..s+c of the K passes as one float32 (K, c, V) tensor: ``zs`` is one
-    (K, N, V) tensor or K (N, V) tensors."""
-    if len(zs) == 1:
-        return zs[0][:, s : s + c].float()
-    rows = zs[0][s : s + c]
-    out = torch.empty(len(zs), rows.size(0), rows.size(1), dtype=torch.float32, device=rows.device)
-    for i, z in enumerate(zs):
-        out[i].copy_(z[s : s + c])
+def _float_chunk(zs, s: int, c: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rows s..s+c of the K passes as one float32 (K, c, V) tensor, written into ``out``
+    when it has the right shape: ``zs`` is one (K, N, V) tensor or K (N, V) tensors. Each
+    pass is copied on its own (contiguous rows convert bf16 -> float32 fastest)."""
+    rows = zs[0][0, s : s + c] if len(zs) == 1 else zs[0][s : s + c]
+    k = zs[0].size(0) if len(zs) == 1 else len(zs)
+    if out is None or out.shape != (k,) + rows.shape:
+        out = torch.empty((k,) + rows.shape, dtype=torch.float32, device=rows.device)
+    for i in range(k):
+        out[i].copy_(zs[0][i, s : s + c] if len(zs) == 1 else zs[i][s : s + c])
     return out
+
+
+def _softmax_parts(z: torch.Tensor, t: torch.Tensor):
+    """One exp per element: overwrite the float32 logits ``z`` (K, c, V) with log-probs.
+
+    Returns:
+        (a, p, lse, nll, smooth): a = z (log-probs), p = their exp (K, c, V), the
+        log-sum-exp (K, c), and per row -log p(gold) and -sum_v log p(v) (K, c).
+    """
+    vocab = z.size(-1)
+    z_gold = z.gather(-1, t.view(1, -1, 1).expand(z.size(0), -1, 1)).squeeze(-1)
+    z_sum = z.sum(-1)
+    m = z.amax(-1, keepdim=True)
+    p = torch.exp(z.sub_(m))  # (K, c, V) exp(z - max)
+    se = p.sum(-1, keepdim=True)
+    p.div_(se)
+    log_se = se.log_()
+    a = z.sub_(log_se)
+    lse = (m + log_se).squeeze(-1)
+    return a, p, lse, lse - z_gold, vocab * lse - z_sum
 
 
 def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_div, s_i=None):
@@ -40,8 +61,12 @@ def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_d
         # d X / d z_i = (1/K) [p_i (a_i - a_bar + 1 - s_i) - p_bar], s_i = sum_v p_i (a_i - a_bar)
         if s_i is None:
             s_i = x_centre(a, p)
-        g = a.mul_(gd).add_(g_ce + gd * (1.0 - s_i)).mul_(p)
-        g.sub_(mean_over_passes(p).mul_(gd).add_(g_all))  # the p_bar and CE's -g_all terms in one pass
+        row = g_ce + gd * (1.0 - s_i)  # (K, c, 1)
+        if isinstance(gd, float):  # one pass: row + gd (a_i - a_bar)
+            g = torch.add(row, a, alpha=gd, out=a).mul_(p)
+        else:
+            g = a.mul_(gd).add_(row).mul_(p)
+        g.sub_(sum_over_passes(p).mul_(gd / k).add_(g_all))  # the p_bar and CE's -g_all terms in one pass
     elif kind == "js":
         _, g_div_z = xdiv_from_lprobs(a, p, kind, True)
         g = p.mul(g_ce).add_(g_div_z.mul_(g_div)).sub_(g_all)
@@ -60,11 +85,11 @@ def _same(grad: torch.Tensor, weight: float) -> bool:
 
 def _store_chunk(grads, g: torch.Tensor, s: int, chunk: int) -> None:
     """Write a (K, c, V) chunk gradient into one (K, N, V) or K (N, V) gradient tensors."""
-    if len(grads) == 1:
-        grads[0][:, s : s + chunk] = g
-    else:
-        for i, gi in enumerate(grads):
-            gi[s : s + chunk] = g[i]
+    for i in range(g.size(0)):
+        if len(grads) == 1:
+            grads[0][i, s : s + chunk] = g[i]
+        else:
+            grads[i][s : s + chunk] = g[i]
 
 
 class _MultiPassCE(torch.autograd.Function):
@@ -89,22 +114,20 @@ class _MultiPassCE(torch.autograd.Function):
         lse = torch.empty(k, n, dtype=torch.float32, device=target.device)
         nll = torch.zeros((), dtype=torch.float32, device=target.device)
         smooth, div = torch.zeros_like(nll), torch.zeros_like(nll)
+        buf = None
         for s in range(0, n, chunk):
-            zc = _float_chunk(zs, s, chunk)  # (K, c, V)
-            a = torch.log_softmax(zc, -1)
-            lse[:, s : s + chunk] = zc[..., 0] - a[..., 0]  # log-sum-exp, kept for backward
             t = target[s : s + chunk]
             drop = ~keep[s : s + chunk]
-            gold = a.gather(-1, t.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1)  # (K, c)
-            nll -= gold.masked_fill(drop, 0.0).sum()
-            smooth -= a.sum(-1).masked_fill(drop, 0.0).sum()
-            p = a.exp() if (early or kind == "x") else None
+            buf = _float_chunk(zs, s, chunk, buf)  # (K, c, V), reused across chunks
+            a, p, lse[:, s : s + chunk], nll_rows, smooth_rows = _softmax_parts(buf, t)
+            nll += nll_rows.masked_fill(drop, 0.0).sum()
+            smooth += smooth_rows.masked_fill(drop, 0.0).sum()
             s_i = None
             if kind == "x":  # X = 1/K sum_i s_i, s_i = sum_v p_i (a_i - a_bar) (a is centred in place)
                 s_i = x_centre(a, p)
                 div += s_i.sum(0).squeeze(-1).masked_fill(drop, 0.0).sum() / k
             elif kind == "js":
-                rows, _ = xdiv_from_lprobs(a, a.exp() if p is None else p, kind, False)
+                rows, _ = xdiv_from_lprobs(a, p, kind, False)
                 div += rows.masked_fill(drop, 0.0).sum()
             if early:
                 w_loss, w_div = weights

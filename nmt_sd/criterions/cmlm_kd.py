@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss
+from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss, log_probs_and_probs, times_upstream
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
 from nmt_sd.errors import NmtSdError
 from nmt_sd.models.cmlm import CMLMDecoder, build_frozen_teacher, random_cmlm_mask, rank_within_rows
@@ -90,30 +90,28 @@ def anneal(schedule: str, start: float, end: float, step: int, total: int) -> fl
 
 class _KLRowsFromLogits(torch.autograd.Function):
     """sum over the rows ``idx`` of z of KL(softmax(teacher) || softmax(z)), float32, in one
-    chunked sweep that also forms the gradient p - q (kept in z's dtype), so backward only
-    scatters it: no float32 (N, V) copies kept, no softmax recomputed."""
+    chunked sweep (one exp per element) that also forms the gradient p - q, written in z's
+    dtype into a zero tensor of z's shape: backward returns it, no softmax recomputed and
+    no float32 (N, V) copies kept."""
 
     @staticmethod
     def forward(ctx, z, teacher, idx, chunk: int):
         total = torch.zeros((), dtype=torch.float32, device=z.device)
-        grad_rows = torch.empty(teacher.shape, dtype=z.dtype, device=z.device)  # (N, V)
+        grad = torch.zeros_like(z) if ctx.needs_input_grad[0] else None  # (B*T, V)
         for s in range(0, idx.numel(), chunk):
-            a = torch.log_softmax(z.index_select(0, idx[s : s + chunk]).float(), -1)  # log p
-            b = torch.log_softmax(teacher[s : s + chunk].float(), -1)  # log q
-            q = b.exp()
-            total += (q * (b - a)).sum()
-            grad_rows[s : s + chunk] = a.exp_().sub_(q)
-        ctx.save_for_backward(grad_rows, idx)
-        ctx.z_shape, ctx.chunk = z.shape, chunk
+            rows = idx[s : s + chunk]
+            a, p, _ = log_probs_and_probs(z.index_select(0, rows).float())  # log p, p
+            b, q, _ = log_probs_and_probs(teacher[s : s + chunk].to(torch.float32, copy=True))  # log q, q
+            total += torch.linalg.vecdot(q, b.sub_(a)).sum()
+            if grad is not None:
+                grad.index_copy_(0, rows, p.sub_(q).to(grad.dtype))
+        ctx.save_for_backward(grad)
         return total
 
     @staticmethod
     def backward(ctx, grad):
-        grad_rows, idx = ctx.saved_tensors
-        g = torch.zeros(ctx.z_shape, dtype=grad_rows.dtype, device=grad_rows.device)
-        for s in range(0, idx.numel(), ctx.chunk):  # scale in float32, then scatter the rows
-            g.index_copy_(0, idx[s : s + ctx.chunk], (grad_rows[s : s + ctx.chunk].float() * grad).to(g.dtype))
-        return g, None, None, None
+        (g,) = ctx.saved_tensors
+        return times_upstream(g, grad), None, None, None
 
 
 def kl_rows_from_logits(logits: torch.Tensor, teacher: torch.Tensor, idx: torch.Tensor, chunk: int = 64) -> torch.Tensor:

@@ -18,12 +18,27 @@ def zero_rows(g: torch.Tensor, rows: torch.Tensor, dim: int = 0) -> torch.Tensor
     return g.masked_fill_(rows.view(shape), 0.0)
 
 
-def _times_upstream(g: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def times_upstream(g: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """A gradient made in forward times the scalar upstream gradient; on CPU an upstream 1
     (the trainer's case) returns ``g`` itself, with no extra pass over it."""
     if g.device.type == "cpu" and grad.item() == 1.0:
         return g
     return g * grad
+
+
+def log_probs_and_probs(z: torch.Tensor):
+    """Log-softmax and softmax of float32 logits z (..., V) with one exp per element; z (the
+    caller's own copy, never a view of the logits) is overwritten with the log-probs.
+
+    Returns:
+        (a, p, lse): log-probs (z itself), probs, and the log-sum-exp (...,).
+    """
+    m = z.amax(-1, keepdim=True)
+    p = torch.exp(z.sub_(m))  # exp(z - max)
+    se = p.sum(-1, keepdim=True)
+    p.div_(se)
+    log_se = se.log_()
+    return z.sub_(log_se), p, (m + log_se).squeeze(-1)
 
 
 class _FusedLabelSmoothedCE(torch.autograd.Function):
@@ -76,7 +91,7 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
         if grad_loss is None:
             grad_loss = torch.zeros((), device=grad.device)
         if grad_nll is None:  # the usual case: the nll is only logged
-            return _times_upstream(grad, grad_loss), None, None, None, None
+            return times_upstream(grad, grad_loss), None, None, None, None
         # d nll / dz = p - onehot = (p - w) + (w - onehot); w - onehot is eps_i off gold, -eps on gold
         out = grad * (grad_loss + grad_nll)
         out.add_(grad_nll * eps_i)
@@ -275,7 +290,7 @@ class _SoftCEFromLogits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (g,) = ctx.saved_tensors
-        return _times_upstream(g, grad), None, None, None
+        return times_upstream(g, grad), None, None, None
 
 
 def soft_cross_entropy_from_logits(

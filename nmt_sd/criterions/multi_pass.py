@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from nmt_sd.criterions.fused import sum_over_passes, x_centre, xdiv_from_lprobs, zero_rows
+from nmt_sd.criterions.fused import log_probs_and_probs, sum_over_passes, x_centre, xdiv_from_lprobs, zero_rows
 
 
 def _float_chunk(zs, s: int, c: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -29,17 +29,10 @@ def _softmax_parts(z: torch.Tensor, t: torch.Tensor):
         (a, p, lse, nll, smooth): a = z (log-probs), p = their exp (K, c, V), the
         log-sum-exp (K, c), and per row -log p(gold) and -sum_v log p(v) (K, c).
     """
-    vocab = z.size(-1)
     z_gold = z.gather(-1, t.view(1, -1, 1).expand(z.size(0), -1, 1)).squeeze(-1)
     z_sum = z.sum(-1)
-    m = z.amax(-1, keepdim=True)
-    p = torch.exp(z.sub_(m))  # (K, c, V) exp(z - max)
-    se = p.sum(-1, keepdim=True)
-    p.div_(se)
-    log_se = se.log_()
-    a = z.sub_(log_se)
-    lse = (m + log_se).squeeze(-1)
-    return a, p, lse, lse - z_gold, vocab * lse - z_sum
+    a, p, lse = log_probs_and_probs(z)
+    return a, p, lse, lse - z_gold, z.size(-1) * lse - z_sum
 
 
 def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_div, s_i=None):

@@ -38,19 +38,6 @@ STAGE1_CHECKPOINT = "checkpoint_stage1.pt"
 
 
 # -- pure functions: gates, annealing, KL ---------------------------------------------------
-@torch.no_grad()
-def gold_probs(logits: torch.Tensor, target: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Detached float32 probability of the gold token, (B, T), chunked over rows so that each
-    chunk's float32 log-softmax stays in cache (no float32 (B, T, V) copy; logsumexp, a
-    composite of five passes, was 4x slower). Pad positions hold a meaningless value."""
-    z, t = logits.reshape(-1, logits.size(-1)), target.reshape(-1)
-    out = torch.empty(t.shape, dtype=torch.float32, device=logits.device)
-    for s in range(0, t.numel(), chunk):
-        lprobs = torch.log_softmax(z[s : s + chunk].float(), -1)  # (c, V)
-        out[s : s + chunk] = lprobs.gather(-1, t[s : s + chunk, None]).squeeze(-1)
-    return out.exp_().view_as(target)
-
-
 def gate_threshold(conf: torch.Tensor, keep: torch.Tensor, tau: float) -> torch.Tensor:
     """(B, T) bool: the kept tokens (non-pad, non-EOS) with confidence < tau."""
     return keep & (conf < tau)
@@ -211,7 +198,7 @@ class CMLMKDTerm(Term):
         keep = target.ne(self.padding_idx) & target.ne(self.eos_idx)  # (B, T)
         if self.cfg.gate == "none":
             return keep
-        conf = sum(gold_probs(p.logits, target) for p in passes) / len(passes)  # (B, T), detached
+        conf = sum(p.gold_probs(target) for p in passes) / len(passes)  # (B, T), detached
         if self.cfg.gate == "threshold":
             return gate_threshold(conf, keep, self.cfg.threshold)
         return gate_lowest_k(conf, keep, self.cfg.lowest_k)

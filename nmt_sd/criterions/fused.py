@@ -53,7 +53,7 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, epsilon: float, ignore_index: int, chunk: int):
+    def forward(ctx, logits, target, epsilon: float, ignore_index: int, chunk: int, rows_out):
         n, vocab = logits.shape
         eps_i = epsilon / (vocab - 1)
         keep = target.ne(ignore_index)
@@ -76,6 +76,8 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
                 g = e.div_(se.unsqueeze(-1)).sub_(eps_i)
                 g.scatter_add_(-1, t.unsqueeze(-1), g.new_full((t.size(0), 1), -(1.0 - epsilon - eps_i)))
                 grad[s : s + chunk] = zero_rows(g, ~keep[s : s + chunk])
+        if rows_out is not None:
+            rows_out.copy_(nll)
         nll = nll.masked_fill(~keep, 0.0).sum()
         smooth = smooth.masked_fill(~keep, 0.0).sum()
         loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
@@ -91,27 +93,48 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
         if grad_loss is None:
             grad_loss = torch.zeros((), device=grad.device)
         if grad_nll is None:  # the usual case: the nll is only logged
-            return times_upstream(grad, grad_loss), None, None, None, None
+            return times_upstream(grad, grad_loss), None, None, None, None, None
         # d nll / dz = p - onehot = (p - w) + (w - onehot); w - onehot is eps_i off gold, -eps on gold
         out = grad * (grad_loss + grad_nll)
         out.add_(grad_nll * eps_i)
         gold = (-(epsilon + eps_i) * grad_nll).to(out.dtype).expand(target.size(0), 1)
         out.scatter_add_(-1, target.unsqueeze(-1), gold)
-        return zero_rows(out, target.eq(ignore_index)), None, None, None, None
+        return zero_rows(out, target.eq(ignore_index)), None, None, None, None, None
 
 
 def fused_label_smoothed_nll_loss(
-    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int, chunk: int = 64
+    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int, chunk: int = 64,
+    nll_rows: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Same values and gradients as ``label_smoothed_nll_loss(log_probs(logits), ...)``
     without materialising float32 log-probs for backward.
 
     Args:
         logits: (N, V) in any float dtype; target: (N,).
+        nll_rows: optional (N,) float32 tensor, filled with each row's -log p(gold)
+            (pad rows included; no gradient): a by-product of the sweep, for gates.
     Returns:
         (loss, nll_loss) scalar float32 sums over non-pad rows.
     """
-    return _FusedLabelSmoothedCE.apply(logits, target, epsilon, ignore_index, chunk)
+    return _FusedLabelSmoothedCE.apply(logits, target, epsilon, ignore_index, chunk, nll_rows)
+
+
+@torch.no_grad()
+def gold_probs(logits: torch.Tensor, target: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Detached float32 probability of the gold token, target's shape, from logits (..., V),
+    chunked over rows so each chunk's float32 temporaries stay in cache. The arithmetic is
+    the CE sweeps' (``nll_rows``: max + log sum exp(z - max) - z_gold), so equal logits
+    give bit-equal values whichever computed them (gates compare them). Pad positions hold
+    a meaningless value."""
+    z, t = logits.reshape(-1, logits.size(-1)), target.reshape(-1)
+    out = torch.empty(t.shape, dtype=torch.float32, device=logits.device)
+    for s in range(0, t.numel(), chunk):
+        zc = z[s : s + chunk].to(torch.float32, copy=True)  # (c, V)
+        z_gold = zc.gather(-1, t[s : s + chunk, None]).squeeze(-1)
+        m = zc.amax(-1, keepdim=True)
+        lse = m.squeeze(-1) + zc.sub_(m).exp_().sum(-1).log()
+        out[s : s + chunk] = z_gold - lse
+    return out.exp_().view_as(target)
 
 
 class _SymmetricKLFromLogits(torch.autograd.Function):
@@ -244,21 +267,6 @@ def x_divergence_from_logits(logits: list, pad_mask: torch.Tensor, kind: str = "
     v = logits[0].size(-1)
     keep = ~pad_mask.reshape(-1)
     return _XDivergenceFromLogits.apply(keep, kind, chunk, *(z.reshape(-1, v) for z in logits))
-
-
-def row_logsumexp(logits: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """logsumexp over the last dim in float32, row chunk by row chunk, no gradient.
-
-    Args:
-        logits: (..., V) any float dtype.
-    Returns:
-        (...) float32.
-    """
-    z = logits.detach().reshape(-1, logits.size(-1))
-    out = torch.empty(z.size(0), dtype=torch.float32, device=z.device)
-    for s in range(0, z.size(0), chunk):
-        out[s : s + chunk] = torch.logsumexp(z[s : s + chunk].float(), -1)
-    return out.view(logits.shape[:-1])
 
 
 class _SoftCEFromLogits(torch.autograd.Function):

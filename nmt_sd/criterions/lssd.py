@@ -45,7 +45,7 @@ import re
 import torch
 import torch.nn as nn
 
-from nmt_sd.criterions.fused import row_logsumexp, soft_cross_entropy_from_logits
+from nmt_sd.criterions.fused import gold_probs, soft_cross_entropy_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
 from nmt_sd.errors import NmtSdError
 
@@ -81,12 +81,6 @@ class TeacherBook:
     def load_state_dict(self, state: dict) -> None:
         self.best_loss = {k: float(v) for k, v in state["best_loss"].items()}
         self.best_epoch = {k: int(v) for k, v in state["best_epoch"].items()}
-
-
-def gold_probs(logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor = None) -> torch.Tensor:
-    """p(y_t) (B, T) float32, detached, from logits (B, T, V) and their row logsumexp."""
-    lse = row_logsumexp(logits) if lse is None else lse  # (B, T)
-    return (logits.detach().gather(-1, target.unsqueeze(-1)).squeeze(-1).float() - lse).exp()
 
 
 def gate_weights(p_s: torch.Tensor, p_t: torch.Tensor, pad_mask: torch.Tensor, gate: str,
@@ -329,7 +323,7 @@ class LSSDTerm(Term):
         for p in passes:  # averaged over the student's passes
             g = None
             if p_t is not None:
-                g = gate_weights(gold_probs(p.logits, target), p_t, pad, self.gate, self.level, self.low)
+                g = gate_weights(p.gold_probs(target), p_t, pad, self.gate, self.level, self.low)
             kd = kd + soft_cross_entropy_from_logits(p.logits, t_logits, pad, weights=g)
         kd = kd / len(passes)
         logs.update({"lssd_kd": kd.detach(), f"lssd_kd_{lang}": kd.detach(), "lssd_distilled": sample["ntokens"]})

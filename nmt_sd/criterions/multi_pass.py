@@ -98,11 +98,11 @@ class _MultiPassCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, target, keep, epsilon: float, kind, chunk: int, weights, *zs):
+    def forward(ctx, target, keep, epsilon: float, kind, chunk: int, weights, rows_out, *zs):
         k = zs[0].size(0) if len(zs) == 1 else len(zs)
         n, vocab = target.size(0), zs[0].size(-1)
         eps_i = epsilon / (vocab - 1)
-        early = weights is not None and ctx.needs_input_grad[6] and target.device.type == "cpu"
+        early = weights is not None and ctx.needs_input_grad[7] and target.device.type == "cpu"
         grads = [torch.empty_like(z) for z in zs] if early else None
         lse = torch.empty(k, n, dtype=torch.float32, device=target.device)
         nll = torch.zeros((), dtype=torch.float32, device=target.device)
@@ -113,6 +113,8 @@ class _MultiPassCE(torch.autograd.Function):
             drop = ~keep[s : s + chunk]
             buf = _float_chunk(zs, s, chunk, buf)  # (K, c, V), reused across chunks
             a, p, lse[:, s : s + chunk], nll_rows, smooth_rows = _softmax_parts(buf, t)
+            if rows_out is not None:
+                rows_out[:, s : s + chunk] = nll_rows
             nll += nll_rows.masked_fill(drop, 0.0).sum()
             smooth += smooth_rows.masked_fill(drop, 0.0).sum()
             s_i = None
@@ -143,7 +145,7 @@ class _MultiPassCE(torch.autograd.Function):
         grad_loss = zero if grad_loss is None else grad_loss
         grad_div = zero if grad_div is None else grad_div
         if early is not None and grad_nll is None and _same(grad_loss, weights[0]) and _same(grad_div, weights[1]):
-            return (None, None, None, None, None, None, *early)
+            return (None,) * 7 + tuple(early)
         grad_nll = zero if grad_nll is None else grad_nll
         k, n = lse.shape
         eps_i = epsilon / (zs[0].size(-1) - 1)
@@ -155,12 +157,13 @@ class _MultiPassCE(torch.autograd.Function):
             g = _multi_pass_chunk_grad(a, a.exp(), target[s : s + chunk], ~keep[s : s + chunk], kind, eps_i,
                                        g_gold, g_all, grad_div)
             _store_chunk(grads, g, s, chunk)
-        return (None, None, None, None, None, None, *grads)
+        return (None,) * 7 + tuple(grads)
 
 
 def multi_pass_ce_from_logits(
     logits, target: torch.Tensor, epsilon: float, ignore_index: int,
     divergence=None, chunk: int = 32, weights: Optional[Tuple[float, float]] = None,
+    nll_rows: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Label-smoothed CE of K passes and their divergence to the mean, fused.
 
@@ -176,6 +179,8 @@ def multi_pass_ce_from_logits(
         divergence: "x", "js" or None (CE only; the returned divergence is 0).
         weights: (w_loss, w_div), the caller's weights on loss and divergence: a hint
             that lets the gradient be made in the forward pass (exact either way).
+        nll_rows: optional (K, N) float32 tensor, filled with each pass's per-row
+            -log p(gold) (no gradient).
     Returns:
         (loss, nll_loss, divergence) scalar float32 sums; loss and nll summed over passes.
     """
@@ -187,4 +192,4 @@ def multi_pass_ce_from_logits(
         zs = (logits.reshape(logits.size(0), -1, logits.size(-1)),)
     else:
         zs = tuple(z.reshape(-1, z.size(-1)) for z in logits)
-    return _MultiPassCE.apply(flat_t, keep, epsilon, divergence, chunk, weights, *zs)
+    return _MultiPassCE.apply(flat_t, keep, epsilon, divergence, chunk, weights, nll_rows, *zs)

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from nmt_sd.criterions import CRITERIONS, Criterion
 from nmt_sd.criterions.functional import label_smoothed_nll_loss, log_probs
-from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss
+from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss, gold_probs
 from nmt_sd.criterions.multi_pass import multi_pass_ce_from_logits
 from nmt_sd.errors import NmtSdError
 from nmt_sd.registry import Registry
@@ -88,12 +88,20 @@ class Pass:
     extra: Dict = field(default_factory=dict)
     _lprobs: Optional[torch.Tensor] = None
     group: Optional[torch.Tensor] = None  # (K*B, T, V) concatenated forward these logits come from
+    gold_nll: Optional[torch.Tensor] = None  # (B, T) detached -log p(gold), left by the fused CE sweep
 
     @property
     def lprobs(self) -> torch.Tensor:  # (B, T, V) float32
         if self._lprobs is None:
             self._lprobs = log_probs(self.logits)
         return self._lprobs
+
+    def gold_probs(self, target: torch.Tensor) -> torch.Tensor:
+        """(B, T) detached float32 p(gold) (gates): from the CE's sweep when it left them,
+        else one chunked sweep over the logits."""
+        if self.gold_nll is not None:
+            return torch.exp(-self.gold_nll)
+        return gold_probs(self.logits, target)
 
 
 def split_batch(obj, k: int, i: int):
@@ -188,7 +196,9 @@ class Objective(Criterion):
         flat_t = target.reshape(-1)
         if lprobs_needed:
             return label_smoothed_nll_loss(p.lprobs.reshape(-1, p.lprobs.size(-1)), flat_t, self.eps, self.padding_idx)
-        return fused_label_smoothed_nll_loss(p.logits.reshape(-1, p.logits.size(-1)), flat_t, self.eps, self.padding_idx)
+        p.gold_nll = torch.empty(target.shape, dtype=torch.float32, device=target.device)
+        return fused_label_smoothed_nll_loss(p.logits.reshape(-1, p.logits.size(-1)), flat_t, self.eps,
+                                             self.padding_idx, nll_rows=p.gold_nll.view(-1))
 
     def forward(self, model, sample, reduce: bool = True):
         terms = list(self.terms) if self.training else []
@@ -208,9 +218,12 @@ class Objective(Criterion):
             # the weights the loss below puts on the CE sum and the divergence: with them
             # the fused loss makes its gradient in the forward pass
             weights = (scale / k if mean_ce else scale, self.consistency.divergence_weight(self.num_updates))
+            rows = torch.empty((k,) + sample["target"].shape, dtype=torch.float32, device=sample["target"].device)
             ce_loss, nll, div = multi_pass_ce_from_logits(pass_logits(passes), sample["target"], self.eps,
                                                           self.padding_idx, self.consistency.divergence,
-                                                          weights=weights)
+                                                          weights=weights, nll_rows=rows.view(k, -1))
+            for p, r in zip(passes, rows):
+                p.gold_nll = r
             nll = nll / k
         else:
             ce_parts = [self.ce(p, sample["target"], need_lp) for p in passes]

@@ -8,6 +8,7 @@ import torch
 from nmt_sd.criterions import cmlm_kd as cm
 from nmt_sd.criterions import objective as objective_mod
 from nmt_sd.criterions.functional import kd_kl, label_smoothed_nll_loss, log_probs, symmetric_kl
+from nmt_sd.criterions.fused import gold_probs
 from nmt_sd.criterions.objective import Objective, Pass, run_passes
 from nmt_sd.errors import NmtSdError
 from nmt_sd.options import parse_training_args
@@ -170,14 +171,19 @@ def test_the_teacher_receives_no_gradient_from_kd():
     assert float(logs["kd_loss"]) > 0 and all(p.grad is None for p in crit.parameters())
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 64])  # every row alone, a short last chunk, one chunk
-def test_gold_probs_is_the_softmax_probability_of_the_gold_token(chunk):
-    logits = torch.randn(2, 5, 11).bfloat16()
-    target = torch.randint(0, 11, (2, 5))
-    ref = torch.softmax(logits.double(), -1).gather(-1, target[..., None]).squeeze(-1)  # by the definition
-    got = cm.gold_probs(logits, target, chunk=chunk)
-    assert got.dtype == torch.float32 and got.shape == (2, 5)
-    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-7)
+@pytest.mark.parametrize("terms", ["", "rdrop"])  # the plain fused CE, the multi-pass sweep
+def test_gate_reads_the_gold_probabilities_the_ce_sweep_left(monkeypatch, terms):
+    """The gate makes no second sweep over the logits: it reads the CE's per-row -log p(gold),
+    and the loss is the one a separate gold_probs sweep gives."""
+    model, b = model_and_batch(dropout=0.3)
+    crit, _ = cmlm(terms=terms, rdrop_alpha=1.0, cmlm_kd_threshold=0.2, **STAGE2)
+    with monkeypatch.context() as m:  # the reference: every gate probability from its own sweep
+        m.setattr(objective_mod.Pass, "gold_probs", lambda self, t: gold_probs(self.logits, t))
+        want = loss_and_grads(crit, model, b, seed=3)[0]
+    monkeypatch.setattr(objective_mod, "gold_probs", lambda *a: pytest.fail("a second gold-probability sweep"))
+    got, _, logs = loss_and_grads(crit, model, b, seed=3)
+    assert 0 < float(logs["kd_selected_frac"]) < b["ntokens"]  # the gate chose some tokens, not all
+    assert got.item() == want.item()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

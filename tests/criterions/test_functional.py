@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from nmt_sd.criterions.functional import label_smoothed_nll_loss, log_probs, x_divergence
-
-from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss
+from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss, gold_probs
+from nmt_sd.criterions.multi_pass import multi_pass_ce_from_logits
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
@@ -167,3 +167,40 @@ def test_multi_pass_gradient_made_in_forward(hint, kind, as_list, monkeypatch):
     assert len(calls) - in_forward == (0 if hint == "match" else 4)
     grad = torch.stack([zi.grad for zi in zs]) if as_list else z2.grad
     torch.testing.assert_close(grad, ref_g.to(grad.dtype), atol=1e-6, rtol=1e-5)  # float32 chunks
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 64])  # every row alone, a short last chunk, one chunk
+def test_gold_probs_is_the_softmax_probability_of_the_gold_token(chunk):
+    logits = torch.randn(2, 5, 11).bfloat16()
+    target = torch.randint(0, 11, (2, 5))
+    ref = torch.softmax(logits.double(), -1).gather(-1, target[..., None]).squeeze(-1)  # by the definition
+    got = gold_probs(logits, target, chunk=chunk)
+    assert got.dtype == torch.float32 and got.shape == (2, 5)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])  # one pass: the plain fused CE; more: the multi-pass sweep
+def test_ce_sweeps_leave_each_rows_gold_nll(k):
+    """The per-row -log p(gold) the CE sweeps write out (for gates) is the log-softmax's,
+    pad rows included, and asking for it changes neither the loss nor its gradient."""
+    z = (torch.randn(k, 7, 13) * 3).bfloat16()
+    target = torch.tensor([3, 4, 5, 6, 2, 1, 1])  # 1 = pad
+    want = -torch.log_softmax(z.double(), -1).gather(-1, target.expand(k, -1)[..., None]).squeeze(-1)
+    rows = torch.full((k, 7), float("nan"))
+    runs = []
+    for out in (None, rows):
+        zz = z.clone().requires_grad_()
+        if k == 1:
+            loss, _ = fused_label_smoothed_nll_loss(zz[0], target, 0.1, 1, chunk=3,
+                                                    nll_rows=None if out is None else out[0])
+        else:
+            loss, _, div = multi_pass_ce_from_logits(zz, target, 0.1, 1, "x", chunk=3, weights=(1.0, 2.0),
+                                                     nll_rows=out)
+            loss = loss + 2.0 * div
+        loss.backward()
+        runs.append((loss.detach(), zz.grad))
+    torch.testing.assert_close(rows.double(), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    # bit-equal to gold_probs' arithmetic: a gate comparing a teacher's and a student's
+    # probabilities sees equal logits as a tie whichever sweep computed them
+    assert torch.equal(torch.exp(-rows), gold_probs(z, target.expand(k, -1)))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nmt_sd.criterions import CRITERIONS
-from nmt_sd.criterions.lssd import TeacherBook, gate_weights, gold_probs, key_side
+from nmt_sd.criterions.lssd import TeacherBook, gate_weights, key_side
 from nmt_sd.criterions.objective import Objective
 from nmt_sd.errors import NmtSdError
 from tests.conftest import ragged_batch, tiny_args, tiny_dict
@@ -161,13 +161,6 @@ def test_gate_weights_on_hand_built_probabilities():
     torch.testing.assert_close(ada, torch.tensor([[1.55 / 1.6] * 3 + [0.0], [1.5 / 1.7] * 4]))
     assert gate_weights(torch.zeros(1, 1), torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.bool),
                         "adaptive").item() == 1.0  # p_S underflow: clipped, not inf/nan
-
-
-def test_gold_probs_match_softmax():
-    logits = torch.randn(2, 3, 7)
-    target = torch.randint(0, 7, (2, 3))
-    want = torch.softmax(logits, -1).gather(-1, target[..., None]).squeeze(-1)
-    torch.testing.assert_close(gold_probs(logits, target), want)
 
 
 # -- the loss ------------------------------------------------------------------------------

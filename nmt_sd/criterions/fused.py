@@ -137,6 +137,43 @@ def gold_probs(logits: torch.Tensor, target: torch.Tensor, chunk: int = 64) -> t
     return out.exp_().view_as(target)
 
 
+class _KLRowsFromLogits(torch.autograd.Function):
+    """sum over the rows ``idx`` of z of KL(softmax(teacher) || softmax(z)), float32, in one
+    chunked sweep (one exp per element) that also forms the gradient p - q, written in z's
+    dtype into a zero tensor of z's shape: backward returns it, no softmax recomputed and
+    no float32 (N, V) copies kept."""
+
+    @staticmethod
+    def forward(ctx, z, teacher, idx, chunk: int):
+        total = torch.zeros((), dtype=torch.float32, device=z.device)
+        grad = torch.zeros_like(z) if ctx.needs_input_grad[0] else None  # (B*T, V)
+        for s in range(0, idx.numel(), chunk):
+            rows = idx[s : s + chunk]
+            a, p, _ = log_probs_and_probs(z.index_select(0, rows).float())  # log p, p
+            b, q, _ = log_probs_and_probs(teacher[s : s + chunk].to(torch.float32, copy=True))  # log q, q
+            total += torch.linalg.vecdot(q, b.sub_(a)).sum()
+            if grad is not None:
+                grad.index_copy_(0, rows, p.sub_(q).to(grad.dtype))
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        (g,) = ctx.saved_tensors
+        return times_upstream(g, grad), None, None, None
+
+
+def kl_rows_from_logits(logits: torch.Tensor, teacher: torch.Tensor, idx: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """sum_i KL(softmax(teacher_i) || softmax(logits_{idx_i})): the teacher is detached.
+
+    Args:
+        logits: (B, T, V) student logits, any float dtype.
+        teacher: (N, V) teacher logits, row i for flat position idx[i].
+        idx: (N,) flat indices into the B * T positions.
+    """
+    return _KLRowsFromLogits.apply(logits.reshape(-1, logits.size(-1)), teacher.detach(), idx, chunk)
+
+
 class _SymmetricKLFromLogits(torch.autograd.Function):
     """1/2 sum_v (p - q)(log p - log q) over kept rows, from logits, chunked.
 

@@ -99,6 +99,39 @@ class CMLMDecoder(nn.Module):
         return (decoder.output_projection if self.shared else self.output_projection)(x)
 
 
+@torch.no_grad()
+def predict_masked(cmlm: CMLMDecoder, decoder, target: torch.Tensor, enc: EncoderOut, groups: list,
+                   mask_idx: int) -> torch.Tensor:
+    """The CMLM's re-prediction of each group of positions with exactly that group masked, in
+    eval mode (no dropout) under no_grad: the KD teacher's pass.
+
+    Args:
+        target: (B, T) gold tokens. enc: the encoder output of the same B sentences.
+        groups: (B, T) bool masks, disjoint; rows without a position in a group skip it.
+    Returns:
+        (N, V) logits, group after group, row-major within a group.
+    """
+    was_training = cmlm.training
+    cmlm.eval()
+    out = []
+    for g in groups:
+        r = g.any(1)  # (B,) sentences with a position in this group
+        tokens = target[r].masked_fill(g[r], mask_idx)
+        out.append(cmlm(decoder, tokens, EncoderOut(enc.out[r], enc.padding_mask[r]), g[r]))
+    cmlm.train(was_training)
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def stage1_snapshot(model: nn.Module, cmlm: CMLMDecoder, saved_args: dict, num_updates: int) -> dict:
+    """A checkpoint-shaped copy (CPU tensors) of the model and the CMLM as they are now, in
+    the layout ``build_frozen_teacher`` reads (the CMLM under "criterion" as ``cmlm.*``)."""
+    from nmt_sd.training.checkpoint import CHECKPOINT_VERSION
+
+    copy = lambda sd, prefix="": {prefix + k: v.detach().to("cpu", copy=True) for k, v in sd.items()}
+    return {"version": CHECKPOINT_VERSION, "args": saved_args, "num_updates": num_updates,
+            "model": copy(model.state_dict()), "criterion": copy(cmlm.state_dict(), "cmlm.")}
+
+
 def build_frozen_teacher(state: dict, path: str, flag: str, src_dict, tgt_dict):
     """(TransformerModel, CMLMDecoder) in eval mode with requires_grad off, from an nmt-sd
     checkpoint dict whose "criterion" holds CMLM weights (``terms.N.cmlm.*`` or ``cmlm.*``)."""

@@ -8,7 +8,7 @@ import torch
 from nmt_sd.criterions import cmlm_kd as cm
 from nmt_sd.criterions import objective as objective_mod
 from nmt_sd.criterions.functional import kd_kl, label_smoothed_nll_loss, log_probs, symmetric_kl
-from nmt_sd.criterions.fused import gold_probs
+from nmt_sd.criterions.fused import gold_probs, kl_rows_from_logits
 from nmt_sd.criterions.objective import Objective, Pass, run_passes
 from nmt_sd.errors import NmtSdError
 from nmt_sd.options import parse_training_args
@@ -191,7 +191,7 @@ def test_fused_kl_rows_matches_the_reference_value_and_gradient(dtype):
     logits = torch.randn(2, 5, 11).to(dtype).requires_grad_()
     teacher = torch.randn(4, 11)
     idx = torch.tensor([7, 0, 3, 9])  # flat positions in any order; row i of teacher is position idx[i]
-    kl = cm.kl_rows_from_logits(logits, teacher, idx, chunk=3)
+    kl = kl_rows_from_logits(logits, teacher, idx, chunk=3)
     (2.0 * kl).backward()
     ref_logits = logits.detach().float().requires_grad_()
     rows = log_probs(ref_logits).view(-1, 11)[idx]

@@ -6,15 +6,9 @@ Convergences in Multilingual Neural Machine Translation", EMNLP 2022, arXiv 2205
 p_T is language l's teacher: a frozen, eval-mode (no dropout) copy of the model from l's
 best validation epoch so far. l is the source language for many-to-one pairs, the target
 language for one-to-many and many-to-many (``--lssd-key auto``), as in the official code.
-Teacher bookkeeping (docs/methods.md 5(c), docs/lssd.md):
-
-1. After the end-of-epoch validation, for each language with label-smoothed dev loss
-   L_l (per token, base 2; many-to-many: mean over l's pairs): if l has no best yet or
-   L_l < best[l], then best[l], best_epoch[l] = L_l, epoch and l's teacher becomes a
-   frozen copy of the current model. Languages improved in the same epoch share one
-   copy. Mid-epoch validations change nothing.
-2. A batch of language l in epoch e is distilled iff e > ``--lssd-warmup-epochs``, l has
-   a teacher and e − best_epoch[l] > 1; so no language is distilled in epoch 2.
+l is distilled in epoch e iff e > ``--lssd-warmup-epochs``, l has a teacher and
+e − best_epoch[l] > 1. The teachers (the bookkeeping rules, the copies and their files
+``SAVE_DIR/lssd_teacher{EPOCH}.pt``, resume) are in ``lssd_teachers.py``; docs/lssd.md.
 
 Gates g_t (student and teacher gold-token probabilities, detached): ``whole`` 1;
 ``selective`` 1 if p_T(y) > p_S(y) else 0.2 (token level, or sentence level on the
@@ -23,64 +17,22 @@ ratio of mean gold probabilities per sentence). ``--lssd-language-aware`` restri
 p_T to the target language's vocabulary (symbols of its training text) and
 renormalises. KD is averaged over the student's passes (with R-Drop: both passes).
 
-Teacher storage: copies live in memory in the training precision (bf16 under --bf16,
-fp16 under --fp16: the official code's fp16 copies) and are written beside the
-checkpoint as ``SAVE_DIR/lssd_teacher{EPOCH}.pt`` (never inside the model checkpoint);
-the checkpoint keeps only the bookkeeping (best losses and epochs). On resume a
-teacher is reloaded from its file or, failing that, from ``checkpoint{EPOCH}.pt`` (the
-official code's only source). Memory: at most one copy per language, reported.
-
 Differences from the official code (no LSSD code bug is listed in docs/methods.md): w = 0
 switches distillation off (the official (CE + 0·KD)/2 would halve the CE);
 ``--lssd-interpolate`` gives (1−w)·CE + w·KD; a mixed-language batch is a one-line error
 instead of an assertion; teacher copies use the training precision instead of fp16.
 """
 import contextlib
-import copy
-import glob
 import logging
-import os
-import re
 
 import torch
-import torch.nn as nn
 
 from nmt_sd.criterions.fused import gold_probs, soft_cross_entropy_from_logits
-from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
+from nmt_sd.criterions.lssd_teachers import DTYPES, TeacherBook, TeacherStore
+from nmt_sd.criterions.objective import TERMS, Term, register_preset
 from nmt_sd.errors import NmtSdError
 
 logger = logging.getLogger(__name__)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TeacherBook:
-    """Per-language best dev loss and epoch (pure Python; the teachers are the epochs)."""
-
-    def __init__(self, warmup_epochs: int = 1):
-        self.warmup = warmup_epochs
-        self.best_loss: dict[str, float] = {}
-        self.best_epoch: dict[str, int] = {}
-
-    def update(self, epoch: int, losses: dict[str, float]) -> list[str]:
-        """Record this epoch's per-language losses; returns the languages whose teacher
-        is replaced by the current model (new best, or first validation)."""
-        improved = [lang for lang in sorted(losses) if lang not in self.best_loss or losses[lang] < self.best_loss[lang]]
-        for lang in improved:
-            self.best_loss[lang], self.best_epoch[lang] = float(losses[lang]), int(epoch)
-        return improved
-
-    def distils(self, lang: str, epoch: int) -> bool:
-        return epoch > self.warmup and lang in self.best_epoch and epoch - self.best_epoch[lang] > 1
-
-    def teacher_epochs(self) -> set[int]:
-        return set(self.best_epoch.values())
-
-    def state_dict(self) -> dict:
-        return {"best_loss": dict(self.best_loss), "best_epoch": dict(self.best_epoch)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_loss = {k: float(v) for k, v in state["best_loss"].items()}
-        self.best_epoch = {k: int(v) for k, v in state["best_epoch"].items()}
 
 
 def gate_weights(p_s: torch.Tensor, p_t: torch.Tensor, pad_mask: torch.Tensor, gate: str,
@@ -127,9 +79,9 @@ class LSSDTerm(Term):
         self.pairs, self.langs, self.side = pairs, langs, side
         self.weight, self.gate, self.level, self.low = weight, gate, level, low
         self.interpolate, self.teacher_dtype = interpolate, teacher_dtype
-        self.save_dir, self.padding_idx = save_dir, padding_idx
+        self.padding_idx = padding_idx
         self.book, self.epoch = TeacherBook(warmup), 1
-        self.copies: dict[int, nn.Module] = {}  # epoch -> frozen model; a plain dict: never saved or optimised
+        self.teachers = TeacherStore(save_dir, teacher_dtype)  # a plain object: never saved or optimised
         self.mask_rows = {lang: i for i, lang in enumerate(lang_masks or {})}
         if lang_masks:
             self.register_buffer("lang_masks", torch.stack(list(lang_masks.values())), persistent=False)  # (L, V)
@@ -192,11 +144,9 @@ class LSSDTerm(Term):
         old_files = self.book.teacher_epochs()
         improved = self.book.update(epoch, self.language_losses(per_pair))
         if improved and self.weight > 0:
-            self.copies[epoch] = self.frozen_copy(model)
-            self.save_teacher(epoch)
-        self.copies = {e: m for e, m in self.copies.items() if e in self.book.teacher_epochs()}
-        self.prune_files(old_files | self.book.teacher_epochs())
-        mb = sum(teacher_bytes(m) for m in self.copies.values()) / 2**20
+            self.teachers.add(epoch, model)
+        self.teachers.keep(self.book.teacher_epochs(), files=old_files | self.book.teacher_epochs())
+        mb = self.teachers.megabytes()
         logger.info(f"lssd epoch {epoch}: teachers updated for {','.join(improved) or 'none'}; "
                     f"{len(self.copies)} teacher copies (epochs {sorted(self.copies)}), {mb:.1f} MB")
         out = {"lssd_updated": ",".join(improved) or "-", "lssd_teacher_copies": len(self.copies),
@@ -213,64 +163,22 @@ class LSSDTerm(Term):
     def distilled_langs(self, epoch: int) -> list[str]:
         return [lang for lang in sorted(self.book.best_epoch) if self.book.distils(lang, epoch)]
 
-    def frozen_copy(self, model) -> nn.Module:
-        """A frozen, eval-mode copy of the model in the teacher precision."""
-        teacher = copy.deepcopy(unwrap(model))
-        for p in teacher.parameters():
-            p.grad = None
-        teacher.to(dtype=self.teacher_dtype).requires_grad_(False)
-        return teacher.eval()
-
-    # -- teacher files beside the checkpoint ------------------------------------
-    def teacher_path(self, epoch: int) -> str:
-        return os.path.join(self.save_dir, f"lssd_teacher{epoch}.pt")
-
-    def save_teacher(self, epoch: int) -> None:
-        from nmt_sd.training import distributed as dist_utils
-        from nmt_sd.training.checkpoint import atomic_save
-
-        if self.save_dir and dist_utils.is_master():
-            os.makedirs(self.save_dir, exist_ok=True)
-            state = {"model": self.copies[epoch].state_dict(), "args": {"lssd_teacher_epoch": epoch}}
-            atomic_save(state, self.teacher_path(epoch))
-
-    def prune_files(self, keep: set[int]) -> None:
-        """Delete teacher files that neither the current state nor the last saved
-        checkpoint (the state before this update) references."""
-        from nmt_sd.training import distributed as dist_utils
-
-        if not self.save_dir or not dist_utils.is_master():
-            return
-        for path in glob.glob(os.path.join(self.save_dir, "lssd_teacher*.pt")):
-            m = re.fullmatch(r"lssd_teacher(\d+)\.pt", os.path.basename(path))
-            if m and int(m.group(1)) not in keep:
-                os.remove(path)
+    @property
+    def copies(self) -> dict:
+        """The teacher copies in memory: epoch -> frozen model."""
+        return self.teachers.copies
 
     def ensure_teachers(self, model) -> None:
-        """After a restart: rebuild every referenced teacher from its file."""
-        from nmt_sd.training.checkpoint import load_checkpoint_file, load_model_state
-
-        if self.weight == 0:
-            return
-        for epoch in sorted(self.book.teacher_epochs() - set(self.copies)):
-            langs = ",".join(lang for lang, e in sorted(self.book.best_epoch.items()) if e == epoch)
-            paths = [self.teacher_path(epoch), os.path.join(self.save_dir, f"checkpoint{epoch}.pt")] \
-                if self.save_dir else []
-            path = next((p for p in paths if os.path.isfile(p)), None)
-            if path is None:
-                raise NmtSdError(f"lssd: the teacher of {langs} (epoch {epoch}) is gone: "
-                                 f"{paths[0] if paths else '--save-dir'} not found (nor checkpoint{epoch}.pt)")
-            teacher = self.frozen_copy(model)
-            load_model_state(teacher, load_checkpoint_file(path)["model"], path)
-            self.copies[epoch] = teacher
-            logger.info(f"lssd: reloaded the teacher of {langs} (epoch {epoch}) from {path}")
+        """After a restart: rebuild every referenced teacher (none while w = 0)."""
+        if self.weight > 0:
+            self.teachers.ensure(self.book, model)
 
     def get_extra_state(self) -> dict:
         return {"version": 1, **self.book.state_dict()}
 
     def set_extra_state(self, state: dict) -> None:
         self.book.load_state_dict(state)
-        self.copies = {}  # rebuilt from the files by ensure_teachers
+        self.teachers.clear()  # rebuilt from the files by ensure_teachers
 
     # -- the loss ------------------------------------------------------------
     def batch_lang(self, sample) -> str:
@@ -331,10 +239,6 @@ class LSSDTerm(Term):
 
     def logged_langs(self) -> list[str]:
         return sorted({p[0] if self.side == "src" else p[1] for p in self.pairs})
-
-
-def teacher_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 register_preset("lssd", ["lssd"])

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nmt_sd.criterions import CRITERIONS
-from nmt_sd.criterions.lssd import TeacherBook, gate_weights, key_side
+from nmt_sd.criterions.lssd import gate_weights, key_side
+from nmt_sd.criterions.lssd_teachers import TeacherBook
 from nmt_sd.criterions.objective import Objective
 from nmt_sd.errors import NmtSdError
 from tests.conftest import ragged_batch, tiny_args, tiny_dict

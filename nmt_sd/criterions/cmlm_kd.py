@@ -4,7 +4,7 @@ Aware Training Framework for Neural Machine Translation", ACL 2022, arXiv 2202.1
 L = c(s) CE_nmt + w_cmlm CE_cmlm(M) + lam(s) sum_{t in U} KL(sg[q_t] || p_t),  U = {t : sg[p_t(y_t)] < tau}
 
 (sums over tokens; c(s) = 1, or 1 - lam(s) with ``--cmlm-kd-combine interpolate``). No official
-code exists: this is the nmt-sd design of docs/methods.md 3(h), documented in docs/cmlm_kd.md.
+code exists: this is the nmt-sd design of ../shared/docs/methods.md 3(h), documented in docs/cmlm_kd.md.
 A training-only CMLM decoder (owned by this term, so it is saved under "criterion" and the
 "model" stays a plain Transformer) attends to the shared encoder without a causal mask,
 borrowing the decoder's target embeddings and output projection when they are shared.

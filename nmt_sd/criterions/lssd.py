@@ -17,7 +17,7 @@ ratio of mean gold probabilities per sentence). ``--lssd-language-aware`` restri
 p_T to the target language's vocabulary (symbols of its training text) and
 renormalises. KD is averaged over the student's passes (with R-Drop: both passes).
 
-Differences from the official code (no LSSD code bug is listed in docs/methods.md): w = 0
+Differences from the official code (no LSSD code bug is listed in ../shared/docs/methods.md): w = 0
 switches distillation off (the official (CE + 0·KD)/2 would halve the CE);
 ``--lssd-interpolate`` gives (1−w)·CE + w·KD; a mixed-language batch is a one-line error
 instead of an assertion; teacher copies use the training precision instead of fp16.

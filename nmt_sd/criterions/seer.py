@@ -28,7 +28,7 @@ sees y_{j+2} .. y_{n-1}, zeros where n-3-j < 0 (the last two positions). Example
 
 So position j sees every y except y_{j+1} (its own target) and the final </s>.
 
-Differences from the official code (docs/methods.md 2(f), 2(h)): the reversal and the
+Differences from the official code (../shared/docs/methods.md 2(f), 2(h)): the reversal and the
 2-position realignment are per sentence (within its true length), not over the padded
 length, so a padded sentence gets the same seer output as alone in a batch;
 ``--seer-dropout`` takes effect (default: the model's --dropout; the official runs

@@ -3,7 +3,7 @@
 # (transformer_iwslt_de_en, adam 0.9/0.98, lr 5e-4, inverse_sqrt warmup 4000, dropout 0.3,
 # weight decay 1e-4, label smoothing 0.1, max-tokens 4096 on one GPU).
 # Reference: fairseq's recipe reports ~34.4-35.0 tokenized lowercased BLEU (unverified; a
-# different convention from the sacreBLEU printed here, see docs/methods.md 6.3).
+# different convention from the sacreBLEU printed here, see ../shared/docs/methods.md 6.3).
 # nmt-sd: not yet run (the IWSLT14 training file is not on the development machines).
 #   bash recipes/iwslt14_deen/prepare.sh && bash recipes/iwslt14_deen/train.sh
 # On several GPUs: LAUNCH="torchrun --nproc_per_node 4" bash recipes/iwslt14_deen/train.sh

@@ -7,7 +7,7 @@
 # over the second half. The stage boundary is an update number, so this recipe uses
 # --max-update (default 60,000, our choice, not the paper's) instead of train.sh's 60 epochs.
 # Paper: WMT14 En-De +1.02, WMT19 Zh-En +1.30, WMT14 En-Fr +0.57 BLEU over a Transformer baseline
-# (abstract-level; absolute BLEU and scoring convention unverified, docs/methods.md 3(e) and 6.3).
+# (abstract-level; absolute BLEU and scoring convention unverified, ../shared/docs/methods.md 3(e) and 6.3).
 # nmt-sd: not yet run (no IWSLT14 train file here).
 #   bash recipes/iwslt14_deen/prepare.sh && bash recipes/iwslt14_deen/train_cmlm_kd.sh
 # Ablations (use another SAVE): JOINT=0 (no stage 1), or append flags: --cmlm-kd-gate none,

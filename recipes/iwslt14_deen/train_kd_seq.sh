@@ -4,7 +4,7 @@
 # transformer_iwslt_de_en student trains on the distilled set with train_rdrop.sh's
 # hyperparameters and plain LS-CE. SEQ_INTER=1 keeps the beam candidate closest to the
 # reference by sentence BLEU. Paper: +4.2 BLEU greedy / +1.7 beam over no KD (LSTMs, WMT14
-# en-de; docs/methods.md 6.2). nmt-sd: not yet run.
+# en-de; ../shared/docs/methods.md 6.2). nmt-sd: not yet run.
 #   bash recipes/iwslt14_deen/train_teacher.sh && bash recipes/iwslt14_deen/train_kd_seq.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

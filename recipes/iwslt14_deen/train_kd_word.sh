@@ -3,7 +3,7 @@
 # arXiv 1503.02531 with T > 1): a transformer_iwslt_de_en student with train_rdrop.sh's
 # hyperparameters and the train_teacher.sh teacher, lambda 0.5, T 1 ("$@" overrides, e.g.
 # --kd-temperature 2). Paper (LSTMs, WMT14 en-de 18.5 / IWSLT15 th-en 14.2 with Seq-KD +
-# Seq-Inter + Word-KD; different data and BLEU, docs/methods.md 6.2). nmt-sd: not yet run.
+# Seq-Inter + Word-KD; different data and BLEU, ../shared/docs/methods.md 6.2). nmt-sd: not yet run.
 #   bash recipes/iwslt14_deen/train_teacher.sh && bash recipes/iwslt14_deen/train_kd_word.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -3,7 +3,7 @@
 # script's hyperparameters: transformer_iwslt_de_en + share-all-embeddings, alpha 5 (summed CE),
 # lr 5e-4, warmup 4000, dropout 0.3, weight decay 1e-4, max-tokens 4096, 300k updates, seed 64.
 # Paper: 37.25 BLEU, tokenized lowercased BLEU with compound splitting (not sacreBLEU; see
-# docs/methods.md 1(e) and 6.3 before comparing). nmt-sd: not yet run (no IWSLT14 train file here).
+# ../shared/docs/methods.md 1(e) and 6.3 before comparing). nmt-sd: not yet run (no IWSLT14 train file here).
 #   bash recipes/iwslt14_deen/prepare.sh && bash recipes/iwslt14_deen/train_rdrop.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

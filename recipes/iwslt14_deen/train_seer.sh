@@ -4,10 +4,10 @@
 # lr 5e-4, warmup 4000, dropout 0.3, weight decay 1e-4, max-tokens 4096, 60 epochs) plus the
 # official loss settings: alpha 0.5, label smoothing 0.1, seer as deep as the decoder.
 # --seer-dropout defaults to --dropout (0.3 here); the official runs effectively used 0.1 (their
-# flag was ignored, docs/methods.md 2(f)). Batches with padding differ slightly from the official
+# flag was ignored, ../shared/docs/methods.md 2(f)). Batches with padding differ slightly from the official
 # code (per-sentence reversal, 2(h)). Paper: no IWSLT14 number; its per-dataset BLEU (NIST Zh-En,
 # WMT En-De/En-Ro/Zh-En) is unverified, scored with fairseq-generate --remove-bpe (tokenized BLEU,
-# not sacreBLEU; see docs/methods.md 2(e) and 6.3). nmt-sd: not yet run (no IWSLT14 train file here).
+# not sacreBLEU; see ../shared/docs/methods.md 2(e) and 6.3). nmt-sd: not yet run (no IWSLT14 train file here).
 #   bash recipes/iwslt14_deen/prepare.sh && bash recipes/iwslt14_deen/train_seer.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -2,12 +2,12 @@
 # CBBGCA on Multi30k de->en, CPU preset (Zhou et al., ACL 2022, arXiv 2202.13663; no official code,
 # nmt-sd design: docs/cmlm_kd.md): the baseline recipe (recipes/multi30k/train.sh) plus
 # --criterion cmlm_kd, same 5,000 updates. Stage 1 (joint NMT + CMLM training) is the first half
-# (MAX_UPDATE/2, the docs/methods.md 3(h) default) and the KD weight anneals linearly 1.0 -> 0.1
+# (MAX_UPDATE/2, the ../shared/docs/methods.md 3(h) default) and the KD weight anneals linearly 1.0 -> 0.1
 # over the second half; threshold gate tau 0.5, live CMLM teacher (3 layers, shared embeddings).
 # Both lengths are written out so that a resumed or split run keeps the same schedule.
 # Paper (WMT14 En-De +1.02, WMT19 Zh-En +1.30, WMT14 En-Fr +0.57 BLEU over a Transformer
 # baseline; different data, abstract-level only, absolute BLEU and convention unverified,
-# docs/methods.md 3(e)). nmt-sd: see README results.
+# ../shared/docs/methods.md 3(e)). nmt-sd: see README results.
 #   bash recipes/multi30k/prepare.sh && bash recipes/multi30k/train_cmlm_kd.sh
 # Ablations (use another SAVE): JOINT=0 (no stage 1), or append flags: --cmlm-kd-gate none,
 # --cmlm-kd-anneal constant, --cmlm-kd-weight 0, --cmlm-kd-cmlm-weight 0, --cmlm-kd-teacher frozen.

@@ -3,7 +3,7 @@
 # plus --criterion kd with the train_teacher.sh teacher, lambda 0.5, T 1 (Kim & Rush 2016's
 # word-level KD; T > 1 is Hinton et al. 2015's soft targets, e.g. "$@" = --kd-temperature 2),
 # same 5,000 updates. Each step also runs the frozen teacher's forward (cost: docs/benchmarks.md).
-# Paper (WMT14 en-de / IWSLT15 th-en, LSTMs, different data and BLEU): see docs/methods.md 6.2.
+# Paper (WMT14 en-de / IWSLT15 th-en, LSTMs, different data and BLEU): see ../shared/docs/methods.md 6.2.
 # nmt-sd: see README results.
 #   bash recipes/multi30k/train_teacher.sh && bash recipes/multi30k/train_kd_word.sh
 set -euo pipefail

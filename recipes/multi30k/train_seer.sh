@@ -2,9 +2,9 @@
 # Seer Forcing on Multi30k de->en, CPU preset: the baseline recipe (recipes/multi30k/train.sh) plus
 # --criterion seer --seer-alpha 0.5 (seer: 3 layers like the decoder, --seer-dropout = --dropout
 # 0.3; the official runs effectively used 0.1), same 5,000 updates. Per-sentence reversal, so
-# padded batches differ slightly from the official code (docs/methods.md 2(h)).
+# padded batches differ slightly from the official code (../shared/docs/methods.md 2(h)).
 # Paper (NIST Zh-En, WMT En-De/En-Ro/Zh-En; different data, tokenized BLEU): per-dataset numbers
-# unverified (docs/methods.md 2(e)). nmt-sd: see README results.
+# unverified (../shared/docs/methods.md 2(e)). nmt-sd: see README results.
 #   bash recipes/multi30k/prepare.sh && bash recipes/multi30k/train_seer.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

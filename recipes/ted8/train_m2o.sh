@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# TED-8 many-to-one baseline, the LSSD paper's setup (official scripts, docs/methods.md 5(d)):
+# TED-8 many-to-one baseline, the LSSD paper's setup (official scripts, ../shared/docs/methods.md 5(d)):
 # transformer_iwslt_de_en, pre-norm, layernorm-embedding, shared decoder in/out embeddings,
 # source tag + decoder tag, temperature 1, lr 2e-3, 8 x 8192 tokens (one GPU: update-freq 8),
 # 300 epochs / 200k updates, seed 222.

@@ -91,30 +91,11 @@ def add_checkpoint_args(p) -> None:
                    help="JSON-lines metrics log (default: SAVE_DIR/metrics.jsonl)")
 
 
-def add_validation_args(p) -> None:
-    g = p.add_argument_group("Validation")
-    g.add_argument("--validate-interval", type=int, default=1, metavar="N", help="epochs")
-    g.add_argument("--validate-interval-updates", type=int, default=0, metavar="N")
-    g.add_argument("--disable-validation", action="store_true")
-    g.add_argument("--eval-bleu", action="store_true", help="sacreBLEU on the valid set")
-    g.add_argument("--eval-bleu-beam", type=int, default=1, metavar="N", help="1 = greedy")
-    g.add_argument("--eval-bleu-max-len-a", type=float, default=1.2)
-    g.add_argument("--eval-bleu-max-len-b", type=int, default=10)
-    g.add_argument("--eval-bleu-lenpen", type=float, default=1.0)
-    g.add_argument("--eval-bleu-remove-bpe", default="sentencepiece", nargs="?", const="@@ ")
-    g.add_argument("--eval-tokenized-bleu", action="store_true")
-    g.add_argument("--eval-bleu-print-samples", action="store_true")
-
-
-def add_init_args(p) -> None:
-    g = p.add_argument_group("Student initialisation from a teacher (DistilBERT-style; fresh runs only)")
-    g.add_argument("--init-from-teacher", metavar="CKPT", help="copy mapped teacher layers into the new model")
-    g.add_argument("--init-layer-map", default="", metavar="MAP", help="'enc:1-2,2-4;dec:1-2' (default: every k-th)")
-
-
 def get_training_parser():
     from nmt_sd.criterions import CRITERIONS
     from nmt_sd.models import ARCH_PRESETS
+    from nmt_sd.training.init_from_teacher import add_init_args
+    from nmt_sd.training.validate import add_validation_args
 
     p = ArgumentParser(prog="nmt-sd-train", description="Train a translation model.")
     p.add_argument("data", help="directory of binarized data (from nmt-sd-preprocess)")

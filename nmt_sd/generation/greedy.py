@@ -6,16 +6,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nmt_sd.generation.search import (
+from nmt_sd.generation.decoding import (
     Finished,
     Hypothesis,
     check_search_args,
     decode_step,
     decoding_mode,
     max_lengths,
-    row_top,
     to_hypotheses,
 )
+from nmt_sd.generation.search import row_top
 
 
 def greedy_search(

@@ -59,33 +59,10 @@ def score_corpus(
         ``{"bleu", "chrf", "bleu_signature", "chrf_signature", "bleu_str", "mode"}``;
         the chrF entries are None when ``chrf`` is False.
     """
-    if mode not in MODES:
-        raise NmtSdError(
-            f"unknown scoring mode {mode!r} (choose from {', '.join(MODES)})"
-        )
-    if len(hyps) != len(refs):
-        raise NmtSdError(
-            f"hypotheses and references differ in length: "
-            f"{len(hyps)} vs {len(refs)} lines"
-        )
-    if not hyps:
-        raise NmtSdError("nothing to score: 0 hypotheses and 0 references")
+    _check_inputs(hyps, refs, mode)
     if lowercase is None:
         lowercase = mode == "tokenized_bleu"
-    tokenize = tokenize or "13a"
-    allowed = TOKENIZED_BLEU_TOKENIZERS if mode == "tokenized_bleu" else TOKENIZERS
-    if tokenize not in allowed:
-        raise NmtSdError(
-            f"--tokenize {tokenize!r} is not available in {mode} mode "
-            f"(choose from {', '.join(allowed)})"
-        )
-    try:
-        bleu = sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
-    except Exception as e:  # e.g. ja-mecab without its optional dependency
-        msg = " ".join(str(e).split())
-        raise NmtSdError(
-            f"--tokenize {tokenize}: cannot build tokenizer ({msg})"
-        ) from e
+    bleu = _bleu_metric(mode, tokenize or "13a", lowercase)
     bleu_score = bleu.corpus_score(hyps, [refs])
     result = {
         "mode": mode,
@@ -100,6 +77,38 @@ def score_corpus(
         result["chrf"] = chrf_metric.corpus_score(hyps, [refs]).score
         result["chrf_signature"] = str(chrf_metric.get_signature())
     return result
+
+
+def _check_inputs(hyps: list[str], refs: list[str], mode: str) -> None:
+    """Refuse an unknown mode, misaligned files and an empty corpus."""
+    if mode not in MODES:
+        raise NmtSdError(
+            f"unknown scoring mode {mode!r} (choose from {', '.join(MODES)})"
+        )
+    if len(hyps) != len(refs):
+        raise NmtSdError(
+            f"hypotheses and references differ in length: "
+            f"{len(hyps)} vs {len(refs)} lines"
+        )
+    if not hyps:
+        raise NmtSdError("nothing to score: 0 hypotheses and 0 references")
+
+
+def _bleu_metric(mode: str, tokenize: str, lowercase: bool) -> sacrebleu.BLEU:
+    """sacreBLEU's BLEU with a tokenizer the mode allows (an NmtSdError otherwise)."""
+    allowed = TOKENIZED_BLEU_TOKENIZERS if mode == "tokenized_bleu" else TOKENIZERS
+    if tokenize not in allowed:
+        raise NmtSdError(
+            f"--tokenize {tokenize!r} is not available in {mode} mode "
+            f"(choose from {', '.join(allowed)})"
+        )
+    try:
+        return sacrebleu.BLEU(tokenize=tokenize, lowercase=lowercase)
+    except Exception as e:  # e.g. ja-mecab without its optional dependency
+        msg = " ".join(str(e).split())
+        raise NmtSdError(
+            f"--tokenize {tokenize}: cannot build tokenizer ({msg})"
+        ) from e
 
 
 def format_result(result: dict) -> list[str]:

@@ -18,115 +18,34 @@ Model protocol (what ``nmt_sd/models/transformer.py`` provides)::
 prev_output_tokens (N, t) is the full prefix, starting with </s>. With a cache only the
 last position is computed: logits (N, 1, V); extra["attn"] is None or (N, 1, S).
 
-Both searches (greedy decoding is in ``greedy.py``) are vectorised over batch * beam; the
-only Python loop is over time steps.
+Both searches (greedy decoding is in ``greedy.py``, what they share in ``decoding.py``)
+are vectorised over batch * beam; the only Python loop is over time steps.
 Sentences that are done leave the active batch (the cache and encoder output are
 reordered to drop them), so the cost of a step falls as sentences finish.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from nmt_sd.errors import NmtSdError
-
-Hypothesis = dict[str, Any]
+from nmt_sd.generation.decoding import (
+    Finished,
+    Hypothesis,
+    check_search_args,
+    decode_step,
+    decoding_mode,
+    max_lengths,
+    to_hypotheses,
+)
 
 
 def special_ids(dictionary: Any) -> dict[str, int]:
     """The ``eos``/``pad``/``unk`` keyword arguments of the searches."""
     return {"eos": dictionary.eos(), "pad": dictionary.pad(), "unk": dictionary.unk()}
-
-
-def max_lengths(
-    model: nn.Module, src_lengths: Tensor, max_len_a: float, max_len_b: int
-) -> Tensor:
-    """Per-sentence number of tokens generated before </s> is forced.
-
-    fairseq uses the padded batch width as ``src_len``; we use each sentence's own
-    length so that a sentence decodes identically alone or in any batch.
-
-    Returns:
-        (B,) long: min(int(max_len_a * src_len + max_len_b), max_decoder_positions - 1).
-    """
-    limit = model.max_decoder_positions() - 1
-    lens = (float(max_len_a) * src_lengths.to(torch.float64) + max_len_b).long()
-    return lens.clamp(min=0, max=limit)
-
-
-@dataclass
-class Finished:
-    """Finished hypotheses of every input sentence, stored densely.
-
-    K is the number of slots per sentence (beam size) and T the longest possible output.
-    """
-
-    tokens: Tensor  # (B, K, T) long, pad after </s>
-    pos_scores: Tensor  # (B, K, T) float32
-    scores: Tensor  # (B, K) float32, -inf for empty slots
-    lengths: Tensor  # (B, K) long, length including </s>
-    count: Tensor  # (B,) long, number of filled slots
-    attn: Tensor | None  # (B, K, T, S) float32, only when attention is requested
-
-    @classmethod
-    def empty(
-        cls,
-        bsz: int,
-        slots: int,
-        width: int,
-        src_len: int,
-        pad: int,
-        with_attn: bool,
-        device: torch.device,
-    ) -> Finished:
-        attn = None
-        if with_attn:
-            attn = torch.zeros(bsz, slots, width, src_len, device=device)
-        return cls(
-            tokens=torch.full(
-                (bsz, slots, width), pad, dtype=torch.long, device=device
-            ),
-            pos_scores=torch.zeros(bsz, slots, width, device=device),
-            scores=torch.full((bsz, slots), -math.inf, device=device),
-            lengths=torch.zeros(bsz, slots, dtype=torch.long, device=device),
-            count=torch.zeros(bsz, dtype=torch.long, device=device),
-            attn=attn,
-        )
-
-
-@contextlib.contextmanager
-def decoding_mode(model: nn.Module) -> Iterator[None]:
-    """eval() + inference_mode during a search; restores the training flag after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def decode_step(
-    model: nn.Module, prefix: Tensor, enc: Any, cache: Any, want_attn: bool
-) -> tuple[Tensor, Tensor | None]:
-    """One incremental decoder call.
-
-    Returns:
-        logits (N, V) in the model's dtype, and attn (N, S) float32 or None.
-    """
-    kw = {"need_attn": True} if want_attn else {}  # decoders compute attention on request
-    logits, extra = model.decoder(prefix, enc, cache=cache, **kw)
-    attn = extra.get("attn") if (want_attn and extra) else None
-    if attn is not None:
-        attn = attn[:, -1, :].float()  # (N, S)
-    return logits[:, -1, :], attn
 
 
 # Rows of the vocabulary pass are taken a few at a time so that the float32 log-probs
@@ -188,48 +107,6 @@ def constrain(
         lprobs.masked_fill_(forced.unsqueeze(1), -math.inf)
         lprobs[:, eos] = torch.where(forced, eos_lprobs, lprobs[:, eos])
     return lprobs
-
-
-def check_search_args(beam: int, nbest: int, src_tokens: Tensor, src_lengths: Tensor) -> None:
-    if beam < 1:
-        raise NmtSdError(f"--beam must be >= 1, got {beam}")
-    if not 1 <= nbest <= beam:
-        raise NmtSdError(f"--nbest must be between 1 and --beam ({beam}), got {nbest}")
-    if src_tokens.dim() != 2 or src_lengths.shape != src_tokens.shape[:1]:
-        raise ValueError(
-            f"expected src_tokens (B, S) and src_lengths (B,), got "
-            f"{tuple(src_tokens.shape)} and {tuple(src_lengths.shape)}"
-        )
-
-
-def to_hypotheses(
-    fin: Finished, nbest: int, src_lengths: Tensor
-) -> list[list[Hypothesis]]:
-    """Unpack the dense finished store into per-sentence lists sorted by score (desc).
-
-    ``attention`` is (S_i, L) like fairseq's (source positions x target positions) and
-    ``alignment`` (L,) is the most-attended source position of each target token.
-    """
-    # a stable sort keeps finalisation order among equal scores, like fairseq's sorted()
-    order = fin.scores.sort(dim=1, descending=True, stable=True).indices  # (B, K)
-    counts, lengths = fin.count.tolist(), fin.lengths.tolist()
-    results: list[list[Hypothesis]] = []
-    for b, slots in enumerate(order.tolist()):  # output formatting only, not decoding
-        hyps = []
-        for k in slots[: min(nbest, counts[b])]:
-            length = lengths[b][k]
-            hyp = {
-                "tokens": fin.tokens[b, k, :length].clone(),
-                "score": float(fin.scores[b, k]),
-                "positional_scores": fin.pos_scores[b, k, :length].clone(),
-            }
-            if fin.attn is not None:
-                attn = fin.attn[b, k, :length, : int(src_lengths[b])].t().contiguous()
-                hyp["attention"] = attn  # (S_i, L)
-                hyp["alignment"] = attn.argmax(dim=0)  # (L,)
-            hyps.append(hyp)
-        results.append(hyps)
-    return results
 
 
 def _finalize(
@@ -374,6 +251,63 @@ def _record_attn(
         state["attn"][:, step] = attn
 
 
+def _encode_for_beams(
+    model: nn.Module, src_tokens: Tensor, src_lengths: Tensor, beam: int
+) -> tuple[Any, bool]:
+    """Encode the batch and lay the encoder output out for the beam rows.
+
+    A decoder that sets ``groups_beam_rows`` takes one encoder row per sentence and
+    groups the K beam rows onto it (cross-attention K/V computed and kept once); any
+    other decoder gets the encoder output repeated per beam.
+
+    Returns:
+        enc, (B, S, C) when grouped else (B * K, S, C), and grouped.
+    """
+    enc = model.encoder(src_tokens, src_lengths)  # (B, S, C)
+    grouped = getattr(model.decoder, "groups_beam_rows", False)
+    if not grouped:
+        bsz = src_tokens.size(0)
+        rows = torch.arange(bsz, device=src_tokens.device).repeat_interleave(beam)
+        enc = model.reorder_encoder_out(enc, rows)  # (B * K, S, C)
+    return enc, grouped
+
+
+def _reorder_rows(
+    model: nn.Module,
+    cache: Any,
+    enc: Any,
+    new_order: Tensor,
+    num_rows: int,
+    beam: int,
+    grouped: bool,
+) -> Any:
+    """Make the decoder cache (in place) and the encoder output follow the survivors.
+
+    Not grouped: the whole cache follows ``new_order``; the encoder output (rows equal
+    within a sentence) only when sentences left the batch. Grouped: the self-attention
+    cache follows ``new_order``; the cross-attention cache and the encoder output (one
+    row per sentence) change only when sentences left the batch.
+
+    Args:
+        new_order: (N',) the row of the old active batch (N = num_rows rows) each
+            surviving row comes from (``_advance_beams``).
+    Returns:
+        enc for the new active batch: (N', S, C), or (B'', S, C) when grouped.
+    """
+    shrink = new_order.numel() < num_rows  # sentences left the batch
+    if not grouped:
+        cache.reorder(new_order)
+        if shrink:
+            enc = model.reorder_encoder_out(enc, new_order)  # (N', S, C)
+        return enc
+    cache.reorder(new_order, parts=("self",))
+    if shrink:
+        sent_order = new_order.view(-1, beam)[:, 0] // beam  # (B'',) old sentence rows
+        cache.reorder(sent_order, parts=("cross",))
+        enc = model.reorder_encoder_out(enc, sent_order)  # (B'', S, C)
+    return enc
+
+
 def beam_search(
     model: nn.Module,
     src_tokens: Tensor,
@@ -408,21 +342,15 @@ def beam_search(
         "positional_scores": (L,) float}. Fewer only if hypotheses score -inf.
     """
     check_search_args(beam, nbest, src_tokens, src_lengths)
-    bsz, src_len = src_tokens.shape
+    src_len = src_tokens.size(1)
     max_len = max_lengths(model, src_lengths, max_len_a, max_len_b)  # (B,)
     state, fin = _init_beam_state(max_len, beam, src_len, eos if bos is None else bos, pad, return_attn)
     constraints = dict(
         min_len=min_len, unk_penalty=unk_penalty, eos=eos, pad=pad, unk=unk
     )
     with decoding_mode(model):
-        enc = model.encoder(src_tokens, src_lengths)  # (B, S, C)
-        # a decoder that sets ``groups_beam_rows`` takes one encoder row per sentence and
-        # groups the K beam rows onto it (cross-attention K/V computed and kept once);
-        # any other decoder gets the encoder output repeated per beam
-        grouped = getattr(model.decoder, "groups_beam_rows", False)
-        if not grouped:
-            rows = torch.arange(bsz, device=src_tokens.device).repeat_interleave(beam)
-            enc = model.reorder_encoder_out(enc, rows)  # (B * K, S, C)
+        # enc: (B, S, C) if the decoder groups beam rows, else (B * K, S, C)
+        enc, grouped = _encode_for_beams(model, src_tokens, src_lengths, beam)
         cache = model.decoder.init_cache()
         for step in range(state["pos_scores"].size(1)):
             prefix = state["tokens"][:, : step + 1]  # (N, step + 1)
@@ -431,18 +359,10 @@ def beam_search(
             _record_attn(state, fin, attn, step)
             cands = _select_candidates(row_lprobs, row_tokens, state["cum_scores"], beam, eos)
             _finalize(fin, state, step, cands, lenpen, eos)
-            new_order = _advance_beams(state, fin, step, cands)
+            new_order = _advance_beams(state, fin, step, cands)  # (N',)
             if new_order is None:
                 break
-            shrink = new_order.numel() < logits.size(0)  # sentences left the batch
-            if not grouped:
-                cache.reorder(new_order)
-                if shrink:
-                    enc = model.reorder_encoder_out(enc, new_order)
-                continue
-            cache.reorder(new_order, parts=("self",))
-            if shrink:
-                sent_order = new_order.view(-1, beam)[:, 0] // beam  # (B'',) old sentence rows
-                cache.reorder(sent_order, parts=("cross",))
-                enc = model.reorder_encoder_out(enc, sent_order)
+            enc = _reorder_rows(
+                model, cache, enc, new_order, logits.size(0), beam, grouped
+            )
     return to_hypotheses(fin, nbest, src_lengths)

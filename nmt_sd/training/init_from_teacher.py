@@ -59,6 +59,13 @@ def copy_shared_tensors(student: nn.Module, teacher: nn.Module) -> dict[str, lis
     return out
 
 
+def add_init_args(p) -> None:
+    """nmt-sd-train's ``--init-from-teacher`` and ``--init-layer-map``."""
+    g = p.add_argument_group("Student initialisation from a teacher (DistilBERT-style; fresh runs only)")
+    g.add_argument("--init-from-teacher", metavar="CKPT", help="copy mapped teacher layers into the new model")
+    g.add_argument("--init-layer-map", default="", metavar="MAP", help="'enc:1-2,2-4;dec:1-2' (default: every k-th)")
+
+
 def init_from_teacher(args, model: nn.Module, task) -> None:
     """Apply ``--init-from-teacher`` / ``--init-layer-map`` to a freshly built model."""
     path = getattr(args, "init_from_teacher", None)

@@ -13,6 +13,22 @@ from nmt_sd.training.trainer import move_to, sum_logs
 logger = logging.getLogger(__name__)
 
 
+def add_validation_args(p) -> None:
+    """nmt-sd-train's validation flags; ``valid_bleu`` reads the ``--eval-bleu*`` ones."""
+    g = p.add_argument_group("Validation")
+    g.add_argument("--validate-interval", type=int, default=1, metavar="N", help="epochs")
+    g.add_argument("--validate-interval-updates", type=int, default=0, metavar="N")
+    g.add_argument("--disable-validation", action="store_true")
+    g.add_argument("--eval-bleu", action="store_true", help="sacreBLEU on the valid set")
+    g.add_argument("--eval-bleu-beam", type=int, default=1, metavar="N", help="1 = greedy")
+    g.add_argument("--eval-bleu-max-len-a", type=float, default=1.2)
+    g.add_argument("--eval-bleu-max-len-b", type=int, default=10)
+    g.add_argument("--eval-bleu-lenpen", type=float, default=1.0)
+    g.add_argument("--eval-bleu-remove-bpe", default="sentencepiece", nargs="?", const="@@ ")
+    g.add_argument("--eval-tokenized-bleu", action="store_true")
+    g.add_argument("--eval-bleu-print-samples", action="store_true")
+
+
 def reduce_over_workers(trainer, totals: Dict[str, float]) -> Dict[str, float]:
     keys = sorted(totals)
     summed = dist_utils.all_reduce_sums([totals[k] for k in keys], trainer.device)

@@ -102,6 +102,12 @@ def download(url: str, dest: Path, sha256: str | None = None) -> Path:
             raise NmtSdError(
                 f"cannot download {url} ({e}); without internet pass --input LOCAL_PATH"
             ) from e
+        if _is_web_page(part):
+            part.unlink()
+            raise NmtSdError(
+                f"{url} returned a web page, not the file: the address may be gone; "
+                "get the data elsewhere and pass --input LOCAL_PATH"
+            )
         os.replace(part, dest)
     else:
         logger.info("using cached download %s", dest)
@@ -113,6 +119,14 @@ def download(url: str, dest: Path, sha256: str | None = None) -> Path:
             f"{dest}: sha256 {actual} != expected {sha256}; delete it and retry"
         )
     return dest
+
+
+def _is_web_page(path: Path) -> bool:
+    """A dead download address often answers 200 with an HTML page (phontron.com's TED
+    archive is reported to): corpora and archives never start with an HTML tag."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
 
 
 def _copy_with_progress(src, dst, total: int, url: str) -> None:

@@ -90,6 +90,23 @@ def test_read_wit3_tags_drops_metadata_lines(tmp_path):
     assert read_wit3_tags(path, drop=WIT3_2016_DROP)[0] == "A title"
 
 
+def test_download_refuses_a_web_page_and_keeps_no_file(tmp_path):
+    from data_prep import download
+
+    page = tmp_path / "served" / "ted_talks.tar.gz"  # a dead address answering with HTML
+    page.parent.mkdir()
+    page.write_text("\n  <!DOCTYPE html>\n<html><head><title>Graham Neubig</title></head></html>\n")
+    dest = tmp_path / "orig" / "ted_talks.tar.gz"
+    dest.parent.mkdir()
+    with pytest.raises(NmtSdError, match="returned a web page") as e:
+        download(page.as_uri(), dest)
+    assert "\n" not in str(e.value) and not list(dest.parent.iterdir())  # no cache to trip a rerun
+    archive = tmp_path / "served" / "ok.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(page, arcname="x.txt")  # an archive holding HTML text is still an archive
+    assert download(archive.as_uri(), tmp_path / "orig" / "ok.tar.gz").is_file()
+
+
 def test_clean_pairs_length_and_ratio():
     long = " ".join(["w"] * 176)
     src = ["a b c", "", "a b c", "a b c d", long, long[2:], "Hi, you."]

@@ -7,7 +7,10 @@
 #   INPUT=/path/to/ted_talks.tar.gz (or a directory of X_eng/ted-{train,dev,test}.orig.* dirs)
 #   LANGS=aze INPUT=../shared/data/ted-qi2018 bash recipes/ted8/prepare.sh   # offline, one pair
 # INPUT default: the corpus archive http://phontron.com/data/ted_talks.tar.gz (downloaded into
-# $OUT/orig; if that address is gone, pass a local copy). Re-runnable; extra flags: "$@".
+# $OUT/orig). Others report that this address now answers with a web page (not checked here: no
+# network); the download then stops with a one-line error: pass a local copy (the three
+# all_talks_{train,dev,test}.tsv, or per-pair directories; OPUS's NeuLab-TedTalks holds the
+# training part only). Re-runnable; extra flags: "$@".
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SET=${SET:-diverse}

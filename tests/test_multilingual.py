@@ -181,6 +181,30 @@ def test_lssd_restart_reproduces_the_uninterrupted_run(toy_multi, tmp_path):
         assert (tmp_path / "b" / f"lssd_teacher{e}.pt").exists()
 
 
+def test_lssd_resumes_mid_epoch_from_an_update_checkpoint(toy_multi, tmp_path):
+    """A run stopped inside an epoch (as by a kill after a --save-interval-updates
+    checkpoint) resumes from checkpoint_last.pt at that update: the epoch's remaining
+    batches, the teachers and the epoch's distillation decisions; it logs the same numbers
+    as the uninterrupted run."""
+    common = [str(toy_multi), *TINY, *MULTI, "--criterion", "lssd", "--lssd-weight", "2",
+              "--lssd-warmup-epochs", "0", "--lr", "2e-2", "--log-interval", "1", "--no-epoch-checkpoints",
+              "--save-interval-updates", "1", "--max-epoch", "5"]
+    train.main([*common, "--save-dir", str(tmp_path / "a")])
+    a = train_log(tmp_path / "a")
+    assert list((tmp_path / "a").glob("checkpoint_4_*.pt"))  # update checkpoints inside epochs
+    epoch_ends = [json.loads(x)["num_updates"] for x in open(tmp_path / "a" / "metrics.jsonl") if '"valid"' in x]
+    stop = epoch_ends[2] + 1  # the first update of epoch 4, after teachers exist
+    assert stop < epoch_ends[3]  # mid-epoch
+    train.main([*common, "--max-update", str(stop), "--save-dir", str(tmp_path / "b")])  # "killed"
+    train.main([*common, "--save-dir", str(tmp_path / "b")])  # resumes inside epoch 4
+    b = train_log(tmp_path / "b")
+    assert [r["num_updates"] for r in a] == [r["num_updates"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-6), ra["num_updates"]
+        assert ra["lssd_distilled"] == rb["lssd_distilled"]
+    assert any(r["lssd_distilled"] > 0 for r in a if r["num_updates"] > stop)
+
+
 def test_prepare_ted_directories_and_tsv(tmp_path):
     aze = SHARED_DATA / "ted-qi2018"
     if not (aze / "aze_eng").is_dir():

@@ -126,6 +126,8 @@ def test_grid_end_to_end_and_rerun_skips_finished_runs(toy_corpus, tmp_path, cap
     assert rows[0]["delta"] == "0.0" and 0 < float(rows[1]["p"]) <= 1 and float(rows[1]["step_ratio"]) > 0
     report = (root / "report.md").read_text()
     assert "sacreBLEU signature: `nrefs:1" in report and "| **base** (baseline) | 2 |" in report
+    hours = sum(float(x["train_seconds"]) for x in runs) / 3600
+    assert f"Training: {hours:.2f} core-hours over 4 runs" in report
     n = commands_run(root)
     assert n == 8  # 4 trainings + 4 translations
     ablate.main(grid_argv(data, toy_corpus, root))

@@ -197,7 +197,9 @@ def write_report(grid: Grid, results, out_dir: str, n_samples: int, command: str
         extra = " ".join(v.flags) or "(base flags only)"
         removed = f"; removes `{' '.join(v.remove)}`" if v.remove else ""
         md.append(f"- `{v.name}`: `{extra}`{removed}")
-    md.append("")
+    runs = [r["train"] for by_seed in results.values() for r in by_seed.values()]
+    md.append(f"\nTraining: {sum(t['train_seconds'] for t in runs) / 3600:.2f} core-hours over {len(runs)} runs "
+              "(the sum of the runs' own training times; wall time also depends on `--jobs` and test decoding).\n")
     for test in grid.tests:
         rows = tables[test.name]
         write_csv(os.path.join(out_dir, f"results_{test.name}.csv"), rows, CSV_FIELDS)

@@ -144,6 +144,7 @@ class CMLMKDTerm(Term):
             return gate_threshold(conf, keep, self.cfg.threshold)
         return gate_lowest_k(conf, keep, self.cfg.lowest_k)
 
+    @torch.no_grad()
     def teacher_logits(self, model, sample, passes, selected: torch.Tensor, groups: list) -> torch.Tensor:
         """The teacher's (N, V) logits at the selected positions, group after group, each
         group masked exactly; only sentences with a gated token run."""
@@ -156,8 +157,7 @@ class CMLMKDTerm(Term):
             if next(t_model.parameters()).device != selected.device:
                 t_model.to(selected.device), cmlm.to(selected.device)
             net = sample["net_input"]
-            with torch.no_grad():
-                enc, decoder = t_model.encoder(net["src_tokens"][u], net["src_lengths"][u]), t_model.decoder
+            enc, decoder = t_model.encoder(net["src_tokens"][u], net["src_lengths"][u]), t_model.decoder
         return predict_masked(cmlm, decoder, sample["target"][u], enc, [g[u] for g in groups], self.mask_idx)
 
     def kd_loss(self, model, sample, passes):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Representation KD on Multi30k de->en, CPU preset (TinyBERT / Patient-KD style): word-level KD
-# (lambda 0.5, T 1) plus MSE between every student layer and every 2nd teacher layer (hidden
-# states through a learned 256->512 projection, weight 1; attention maps, weight 1), with the
+# (lambda 0.5, T 1) plus MSE between each student layer and the teacher layer of the same depth
+# (the default uniform --kd-layer-map; hidden states through a learned 256->512 projection,
+# weight 1; head-averaged attention maps, weight 1), with the
 # train_teacher.sh teacher; the baseline recipe's hyperparameters, same 5,000 updates.
 # Papers (BERT compression, different tasks): no comparable number. nmt-sd: see README results.
 #   bash recipes/multi30k/train_teacher.sh && bash recipes/multi30k/train_kd_hidden.sh
@@ -19,7 +20,7 @@ nmt-sd-train "$DATA/bin" \
   --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 0.0 --weight-decay 0.0001 \
   --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 1000 --warmup-init-lr 1e-07 \
   --criterion kd --teacher-path "$TEACHER" --kd-alpha 0.5 --kd-temperature 1 --label-smoothing 0.1 \
-  --kd-hidden-weight 1 --kd-attn-weight 1 --kd-layer-map 'enc:1-2,2-4,3-6;dec:1-2,2-4,3-6' \
+  --kd-hidden-weight 1 --kd-attn-weight 1 \
   --max-tokens 2048 --max-update "$MAX_UPDATE" --bf16 \
   --seed "$SEED" --save-dir "$SAVE" --keep-last-epochs 5 --log-interval 50 \
   "$@" 2>&1 | tee -a "$SAVE/train.log"

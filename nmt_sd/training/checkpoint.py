@@ -22,9 +22,19 @@ def atomic_save(obj: Dict, path: str) -> None:
 
 
 def atomic_copy(src: str, dst: str) -> None:
+    """A copy, not a hard link: each checkpoint file stays independent, as in fairseq, so a user who
+    rewrites one in place cannot change another."""
     tmp = f"{dst}.tmp{os.getpid()}"
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+
+
+def remove_stale_tmp(save_dir: str) -> None:
+    """Delete partial checkpoint*.pt.tmp<pid> files left by a run killed while saving."""
+    own = f".tmp{os.getpid()}"
+    for p in glob.glob(os.path.join(save_dir, "checkpoint*.pt.tmp*")):
+        if not p.endswith(own):
+            os.remove(p)
 
 
 def load_checkpoint_file(path: str) -> Dict:
@@ -85,16 +95,19 @@ def save_checkpoint(
     is_best: bool,
     args,
 ) -> List[str]:
-    """Write the checkpoints due now (one torch.save, atomic copies for the others)."""
+    """Write the checkpoints due now: one torch.save, atomic copies for the other names.
+
+    checkpoint_last.pt is written first: it is what a resumed run reads, so a run killed part-way
+    through saving (say, at the end of a session) loses nothing that was already saved."""
     names = []
+    if not args.no_last_checkpoints:
+        names.append("checkpoint_last.pt")
     if end_of_epoch and not args.no_epoch_checkpoints and epoch % args.save_interval == 0:
         names.append(f"checkpoint{epoch}.pt")
     if not end_of_epoch and args.save_interval_updates > 0 and num_updates % args.save_interval_updates == 0:
         names.append(f"checkpoint_{epoch}_{num_updates}.pt")
     if is_best:
         names.append("checkpoint_best.pt")
-    if not args.no_last_checkpoints:
-        names.append("checkpoint_last.pt")
     if not names:
         return []
     os.makedirs(save_dir, exist_ok=True)
@@ -103,6 +116,7 @@ def save_checkpoint(
     for p in paths[1:]:
         atomic_copy(paths[0], p)
     prune(save_dir, args)
+    remove_stale_tmp(save_dir)
     return paths
 
 

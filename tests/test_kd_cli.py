@@ -158,3 +158,35 @@ def test_init_from_teacher_runs_only_on_fresh_runs(setup, monkeypatch):
     train.main([str(data), *student, "--max-update", "2"])  # resumes checkpoint_last.pt: no re-initialisation
     assert calls == [teacher_path]
     assert os.path.exists(save / "checkpoint_last.pt")
+
+
+def test_interrupted_seqkd_resumes_and_writes_the_same_set(setup, monkeypatch, capsys):
+    root, data, teacher_path, _ = setup
+    base = root / "distilled_whole"
+    argv = [str(data), "--path", teacher_path, "--beam", "2", "--max-len-b", "12", "--remove-bpe", "sentencepiece",
+            "--batch-size", "5", "--num-threads", "1"]
+    seqkd.main([*argv, "--destdir", str(base)])
+    calls, real = [], seqkd.decode_sample
+
+    def decode(model, sample, **kw):  # the run is stopped while decoding its 3rd batch
+        calls.append(len(sample["id"]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(model, sample, **kw)
+
+    out = root / "distilled_resumed"
+    monkeypatch.setattr(seqkd, "decode_sample", decode)
+    with pytest.raises(KeyboardInterrupt):
+        seqkd.main([*argv, "--destdir", str(out)])
+    assert len(list((out / "train.partial").glob("part*.npz"))) == 1 and not (out / "train.tgt").exists()
+    with pytest.raises(SystemExit):  # other settings: refused, the parts are kept
+        run_cli("nmt-sd-seqkd", seqkd.main, [*argv, "--destdir", str(out), "--beam", "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other settings (beam)" in err[0], err
+    calls.clear()
+    monkeypatch.setattr(seqkd, "decode_sample", lambda model, sample, **kw: calls.append(1) or real(model, sample, **kw))
+    seqkd.main([*argv, "--destdir", str(out)])
+    assert len(calls) == 8  # 48 sentences in batches of 5: the 2 finished batches are not decoded again
+    for name in ("train.src", "train.tgt", "train.src-tgt.src.bin", "train.src-tgt.tgt.bin", "train.src-tgt.tgt.idx"):
+        assert (out / name).read_bytes() == (base / name).read_bytes(), name
+    assert not (out / "train.partial").exists()

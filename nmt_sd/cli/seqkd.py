@@ -8,7 +8,8 @@ search and writes, in OUT: ``train.SRC`` / ``train.TGT`` (raw text, detokenized 
 ``--remove-bpe``, one line per training source, in order), ``train.SRC-TGT.{SRC,TGT}``
 binarized (the original source tokens and the teacher's output tokens, with DATA's
 dictionaries), and copies of DATA's dictionaries and other splits, so that any nmt-sd run
-can train on OUT. ``--seq-inter`` keeps the beam candidate closest to the reference by
+can train on OUT. Finished sentences are saved every minute in ``OUT/SUBSET.partial/``, so an
+interrupted run picks up where it stopped when run again with the same settings. ``--seq-inter`` keeps the beam candidate closest to the reference by
 sentence BLEU (sacrebleu.sentence_bleu on the detokenized text; ties go to the better
 model score); it considers ``--nbest`` candidates, by default all ``--beam``.
 """
@@ -27,6 +28,7 @@ from nmt_sd.data.indexed_dataset import write_indexed
 from nmt_sd.errors import NmtSdError
 from nmt_sd.generation.load import half_precision_linears
 from nmt_sd.generation.parallel import decode_batches
+from nmt_sd.generation.parts import PartStore
 from nmt_sd.generation.search import special_ids
 from nmt_sd.options import ArgumentParser, add_generation_args, add_inter_threads_arg
 from nmt_sd.tasks import TASKS
@@ -59,26 +61,42 @@ def closest_to_reference(texts, ref: str) -> int:
     return max(range(len(texts)), key=lambda i: (bleus[i], -i))
 
 
-def distil(model, task, ds, args, device):
-    """Teacher output tokens (each ending in </s>) for every sentence of ``ds``, by id."""
+def settings(args) -> dict:
+    """What the output depends on: a partial run resumes only under the same values."""
+    teacher = os.stat(args.path)
+    keys = ("subset", "beam", "nbest", "lenpen", "max_len_a", "max_len_b", "min_len", "unkpen", "seq_inter",
+            "remove_bpe", "bf16", "fp16")
+    return dict({k: getattr(args, k) for k in keys}, data=os.path.realpath(args.data),
+                teacher=os.path.realpath(args.path), teacher_bytes=teacher.st_size, teacher_mtime_ns=teacher.st_mtime_ns)
+
+
+def distil(model, task, ds, args, device, store: PartStore):
+    """Teacher output tokens (each ending in </s>) for every sentence of ``ds``, by id; the
+    sentences already in ``store`` are not decoded again."""
     itr = task.get_batch_iterator(ds, args.max_tokens or 12000, args.batch_size, model.max_positions(),
                                   shuffle=False, skip_invalid=False)
-    ids, out, done = special_ids(task.tgt_dict), [None] * len(ds), 0
+    batches = [b for b in itr.next_epoch_itr() if not all(i in store.done for i in b["id"].tolist())]
+    ids, out = special_ids(task.tgt_dict), [store.done.get(i) for i in range(len(ds))]
+    done = n_before = sum(x is not None for x in out)
     t0 = last = time.time()
     decode = functools.partial(decode_sample, args=args, ids=ids, device=device)
-    for sample, hyps in decode_batches(model, list(itr.next_epoch_itr()), decode, args.inter_threads):
-        for i, sid in enumerate(sample["id"].tolist()):
-            cands = hyps[i]
-            if args.seq_inter:
-                ref = task.tgt_dict.string(ds.tgt[sid], args.remove_bpe)
-                texts = [task.tgt_dict.string(h["tokens"], args.remove_bpe) for h in cands]
-                cands = [cands[closest_to_reference(texts, ref)]]
-            out[sid] = cands[0]["tokens"].cpu().numpy().astype(np.int64)
-        done += len(sample["id"])
-        if time.time() - last > 10 or done == len(ds):
-            last, rate = time.time(), done / max(time.time() - t0, 1e-9)
-            logger.info(f"distilled {done}/{len(ds)} sentences ({100.0 * done / len(ds):.0f}%, "
-                        f"{rate:.1f} sentences/s, eta {format_eta((len(ds) - done) / max(rate, 1e-9))})")
+    try:
+        for sample, hyps in decode_batches(model, batches, decode, args.inter_threads):
+            for i, sid in enumerate(sample["id"].tolist()):
+                cands = hyps[i]
+                if args.seq_inter:
+                    ref = task.tgt_dict.string(ds.tgt[sid], args.remove_bpe)
+                    texts = [task.tgt_dict.string(h["tokens"], args.remove_bpe) for h in cands]
+                    cands = [cands[closest_to_reference(texts, ref)]]
+                done += out[sid] is None
+                out[sid] = cands[0]["tokens"].cpu().numpy().astype(np.int64)
+                store.add(sid, out[sid])
+            if time.time() - last > 10 or done == len(ds):
+                last, rate = time.time(), (done - n_before) / max(time.time() - t0, 1e-9)
+                logger.info(f"distilled {done}/{len(ds)} sentences ({100.0 * done / len(ds):.0f}%, "
+                            f"{rate:.1f} sentences/s, eta {format_eta((len(ds) - done) / max(rate, 1e-9))})")
+    finally:  # Ctrl-C or an error keeps what was decoded (a killed process keeps the last minute's parts)
+        store.flush()
     return out
 
 
@@ -109,14 +127,15 @@ def main(argv=None) -> None:
     half_precision_linears(model.to(device), args.bf16, args.fp16)
     logger.info(f"distilling {len(ds)} {args.subset} sentences with beam {args.beam}"
                 + (f", seq-inter over {args.nbest} candidates" if args.seq_inter else ""))
-    hyps = distil(model, task, ds, args, device)
-    os.makedirs(args.destdir, exist_ok=True)
+    store = PartStore(os.path.join(args.destdir, f"{args.subset}.partial"), settings(args))
+    hyps = distil(model, task, ds, args, device, store)
     copy_other_splits(args.data, args.destdir, args.subset, f"{src}-{tgt}")
     prefix = os.path.join(args.destdir, args.subset)
     write_lines(f"{prefix}.{src}", [task.src_dict.string(ds.src[i], args.remove_bpe) for i in range(len(ds))])
     write_lines(f"{prefix}.{tgt}", [task.tgt_dict.string(h, args.remove_bpe) for h in hyps])
     write_indexed(f"{prefix}.{src}-{tgt}.{src}", [ds.src[i] for i in range(len(ds))], len(task.src_dict))
     write_indexed(f"{prefix}.{src}-{tgt}.{tgt}", hyps, len(task.tgt_dict))  # last: marks completion
+    store.remove()
     logger.info(f"wrote the distilled {args.subset} set ({len(ds)} pairs) and copies of the other splits "
                 f"to {args.destdir}")
 

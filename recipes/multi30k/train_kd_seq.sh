@@ -3,7 +3,7 @@
 # sources with the train_teacher.sh teacher (beam 5, as evaluate.sh), then the baseline recipe
 # trains the CPU-preset student on the distilled set (same dictionaries, valid and test; same
 # 5,000 updates). On CPU, SEQKD_PROCS processes decode at once (default: the cores available,
-# one thread each; the output does not depend on it). SEQ_INTER=1 keeps the beam candidate closest to the reference (sentence BLEU).
+# one thread each; the output does not depend on it; an interrupted run decodes only the rest). SEQ_INTER=1 keeps the beam candidate closest to the reference (sentence BLEU).
 # Paper: Seq-KD "seems to eliminate the need for beam search" (../shared/docs/methods.md 6.2).
 # nmt-sd: see README results.
 #   bash recipes/multi30k/train_teacher.sh && bash recipes/multi30k/train_kd_seq.sh

@@ -16,7 +16,7 @@ def save_args(**kw):
 def test_end_of_epoch_writes_last_epoch_and_best_with_equal_contents(tmp_path):
     paths = checkpoint.save_checkpoint({"step": 7}, str(tmp_path), 3, 30, True, True, save_args())
     names = [p.split("/")[-1] for p in paths]
-    assert names == ["checkpoint_last.pt", "checkpoint3.pt", "checkpoint_best.pt"]
+    assert names == ["checkpoint3.pt", "checkpoint_best.pt", "checkpoint_last.pt"]  # fairseq order
     for n in names:
         assert torch.load(tmp_path / n, weights_only=True) == {"step": 7}
 

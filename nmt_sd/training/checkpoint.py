@@ -95,26 +95,28 @@ def save_checkpoint(
     is_best: bool,
     args,
 ) -> List[str]:
-    """Write the checkpoints due now: one torch.save, atomic copies for the other names.
+    """Write the checkpoints due now (one torch.save, atomic copies for the other names) and
+    return their paths in fairseq's order: the epoch or update checkpoint, best, last.
 
     checkpoint_last.pt is written first: it is what a resumed run reads, so a run killed part-way
     through saving (say, at the end of a session) loses nothing that was already saved."""
     names = []
-    if not args.no_last_checkpoints:
-        names.append("checkpoint_last.pt")
     if end_of_epoch and not args.no_epoch_checkpoints and epoch % args.save_interval == 0:
         names.append(f"checkpoint{epoch}.pt")
     if not end_of_epoch and args.save_interval_updates > 0 and num_updates % args.save_interval_updates == 0:
         names.append(f"checkpoint_{epoch}_{num_updates}.pt")
     if is_best:
         names.append("checkpoint_best.pt")
+    if not args.no_last_checkpoints:
+        names.append("checkpoint_last.pt")
     if not names:
         return []
     os.makedirs(save_dir, exist_ok=True)
     paths = [os.path.join(save_dir, n) for n in names]
-    atomic_save(state, paths[0])
-    for p in paths[1:]:
-        atomic_copy(paths[0], p)
+    first, *rest = sorted(paths, key=lambda p: not p.endswith("checkpoint_last.pt"))
+    atomic_save(state, first)
+    for p in rest:
+        atomic_copy(first, p)
     prune(save_dir, args)
     remove_stale_tmp(save_dir)
     return paths

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nmt_sd.options import parse_training_args  # noqa: E402
 from nmt_sd.tasks import TranslationTask  # noqa: E402
+from nmt_sd.training.cpu_allocator import setup_cpu_allocator  # noqa: E402
 from nmt_sd.training.trainer import Trainer  # noqa: E402
 
 
@@ -28,12 +29,14 @@ def main():
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--by-shape", action="store_true", help="group operators by input shapes")
     a = p.parse_args()
     argv = [a.data, "--arch", a.arch, "--share-all-embeddings", "--max-tokens", str(a.max_tokens),
             "--max-update", "1", "--label-smoothing", "0.1", "--criterion", a.criterion, *a.extra.split()]
     if a.precision == "bf16":
         argv.append("--bf16")
     args = parse_training_args(argv)
+    setup_cpu_allocator(args.cpu_allocator, "cpu")  # as nmt-sd-train does
     torch.manual_seed(1)
     task = TranslationTask.setup_task(args)
     ds = task.load_dataset("train")
@@ -44,13 +47,13 @@ def main():
     batches = [next(gen) for _ in range(2 + a.updates)]
     for b in batches[:2]:
         trainer.train_step([b])
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=a.by_shape) as prof:
         for b in batches[2:]:
             trainer.train_step([b])
     ntok = sum(b["ntokens"] for b in batches[2:])
     print(f"# {a.arch} {a.precision} {a.criterion}: {a.updates} updates, {ntok} target tokens, "
           f"{torch.get_num_threads()} threads")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
+    print(prof.key_averages(group_by_input_shape=a.by_shape).table(sort_by="self_cpu_time_total", row_limit=a.rows))
 
 
 if __name__ == "__main__":

@@ -130,15 +130,36 @@ def test_dropout_rate_scale_and_gradient():
     from nmt_sd.models.transformer import dropout
 
     torch.manual_seed(0)
+    scale = 32768 / (32768 - 9830)  # p 0.3 rounded to 9830 / 2^15
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.ones(200, 500, dtype=dtype, requires_grad=True)
         y = dropout(x, 0.3, True)
         kept = y.ne(0)
         assert abs(kept.float().mean().item() - 0.7) < 0.01
-        torch.testing.assert_close(y[kept].float(), torch.full_like(y[kept], 1 / 0.7).float())
+        torch.testing.assert_close(y[kept].float(), torch.full_like(y[kept], scale).float())
         y.float().sum().backward()
-        torch.testing.assert_close(x.grad, ((y.detach() != 0).float() / 0.7).to(dtype))
+        torch.testing.assert_close(x.grad, ((y.detach() != 0).float() * scale).to(dtype))
         assert dropout(x, 0.3, False) is x
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.9])
+def test_cpu_dropout_mask_is_uniform_over_positions_and_unbiased(p):
+    """Every lane of the 64-bit draws keeps at rate 1 - p, neighbours are independent, and
+    E[dropout(x)] = x; p that rounds to 1 drops everything."""
+    from nmt_sd.models.transformer import _cpu_keep_mask, dropout
+
+    torch.manual_seed(1)
+    keep, scale = _cpu_keep_mask((4096, 64), p, "cpu")  # 262,144 = 65,536 draws x 4 lanes
+    assert keep.dtype == torch.int16 and set(keep.unique().tolist()) <= {0, 1}
+    lanes = keep.view(-1, 4).double()
+    sd = (p * (1 - p) / lanes.size(0)) ** 0.5
+    assert (lanes.mean(0) - (1 - p)).abs().max() < 5 * sd  # each lane position
+    both = (lanes[:, 0] * lanes[:, 1]).mean()
+    assert abs(both - (1 - p) ** 2) < 5 * sd
+    assert abs(scale * (1 - round(p * 32768) / 32768) - 1.0) < 1e-12
+    x = torch.ones(4096, 64)
+    assert abs(dropout(x, p, True).mean().item() - 1.0) < 5 * sd * scale
+    assert dropout(x, 0.99999, True).eq(0).all()
 
 
 def test_frozen_fused_projections_are_concatenated_once_and_follow_weight_changes(monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from data_prep import prepare_multilingual
-from nmt_sd.cli import generate, plot_valid, train
+from nmt_sd.cli import generate, plot_valid, seqkd, train
 from nmt_sd.data.multilingual import draws_per_pair, langtok, sampling_probs
 from nmt_sd.errors import NmtSdError
 from nmt_sd.multilingual import parse_lang_pairs
@@ -155,6 +155,40 @@ def test_m2o_per_pair_validation_generation_and_plot(toy_multi, tmp_path, capsys
     assert all("__" not in x.split("\t")[-1] for x in lines if x.startswith("H-"))
     plot_valid.main([str(save)])
     assert (save / "valid_loss.png").stat().st_size > 1000
+
+
+def test_seqkd_distils_every_pair_of_a_multilingual_teacher(toy_multi, tmp_path, capsys):
+    """nmt-sd-seqkd with a many-to-one teacher writes each pair's teacher output (its language
+    tags applied), the same text nmt-sd-generate gives for that pair, and a multilingual run
+    trains on the result; a one-to-many teacher's -s/-t pair reads and copies SPLIT.tgt-src files."""
+    m2o = tmp_path / "m2o"
+    train.main([str(toy_multi), *TINY, *MULTI, "--max-update", "6", "--save-dir", str(m2o),
+                "--no-epoch-checkpoints"])
+    out, ckpt = tmp_path / "distilled", str(m2o / "checkpoint_last.pt")
+    seqkd.main([str(toy_multi), "--path", ckpt, "--destdir", str(out), "--beam", "2", "--max-len-b", "8"])
+    for lang, n in SIZES.items():
+        raw = (out / f"train.{lang}-en.en").read_text().splitlines()
+        assert len(raw) == n and not (out / f"train.{lang}-en.partial").exists()
+        valid = f"valid.{lang}-en.{lang}.bin"
+        assert (out / valid).read_bytes() == (toy_multi / valid).read_bytes()
+        if lang == "fr":
+            generate.main([str(toy_multi), "--path", ckpt, "-s", lang, "-t", "en", "--gen-subset", "train", "--beam",
+                           "2", "--max-len-b", "8", "--results-path", str(tmp_path / "gen"), "--quiet"])
+            assert raw == (tmp_path / "gen" / "train.hyp.detok").read_text().splitlines()
+    assert (out / "dict.txt").read_bytes() == (toy_multi / "dict.txt").read_bytes()
+    train.main([str(out), *TINY, *MULTI, "--max-update", "2", "--save-dir", str(tmp_path / "student"),
+                "--no-epoch-checkpoints"])
+    assert torch.load(tmp_path / "student" / "checkpoint_last.pt", weights_only=True)["num_updates"] == 2
+    o2m_flags = ["--task", "multilingual_translation", "--lang-pairs", "en-de,en-fr", "--encoder-langtok", "tgt",
+                 "--decoder-langtok"]
+    o2m = tmp_path / "o2m"
+    train.main([str(toy_multi), *TINY, *o2m_flags, "--max-update", "4", "--save-dir", str(o2m),
+                "--no-epoch-checkpoints"])
+    seqkd.main([str(toy_multi), "--path", str(o2m / "checkpoint_last.pt"), "--destdir", str(tmp_path / "o2m_kd"),
+                "-s", "en", "-t", "fr", "--beam", "1", "--max-len-b", "8"])
+    names = sorted(os.listdir(tmp_path / "o2m_kd"))
+    assert "train.en-fr.fr.idx" in names and "valid.fr-en.fr.idx" in names and not any("de-en" in x for x in names)
+    assert len((tmp_path / "o2m_kd" / "train.en-fr.fr").read_text().splitlines()) == SIZES["fr"]
 
 
 def test_lssd_restart_reproduces_the_uninterrupted_run(toy_multi, tmp_path):

@@ -10,6 +10,7 @@ import torch
 from nmt_sd.cli import seqkd, train
 from nmt_sd.cli.common import run_cli
 from nmt_sd.criterions.kd import load_teacher
+from nmt_sd.generation import seqkd as seqkd_lib
 from nmt_sd.generation.search import beam_search, special_ids
 from nmt_sd.models import TransformerModel
 from nmt_sd.tasks import TASKS
@@ -69,8 +70,8 @@ def test_seqkd_writes_one_detokenized_line_per_source_in_order(setup):
 
 
 def test_seq_inter_keeps_the_candidate_closest_to_the_reference(setup):
-    assert seqkd.closest_to_reference(["a b c", "the cat sat on the mat", "the cat"], "the cat sat on the mat") == 1
-    assert seqkd.closest_to_reference(["x", "y"], "z") == 0  # ties: the better-scored candidate
+    assert seqkd_lib.closest_to_reference(["a b c", "the cat sat on the mat", "the cat"], "the cat sat on the mat") == 1
+    assert seqkd_lib.closest_to_reference(["x", "y"], "z") == 0  # ties: the better-scored candidate
     root, data, teacher_path, _ = setup
     out = root / "inter"
     seqkd.main([str(data), "--path", teacher_path, "--destdir", str(out), "--beam", "3", "--seq-inter",
@@ -166,7 +167,7 @@ def test_interrupted_seqkd_resumes_and_writes_the_same_set(setup, monkeypatch, c
     argv = [str(data), "--path", teacher_path, "--beam", "2", "--max-len-b", "12", "--remove-bpe", "sentencepiece",
             "--batch-size", "5", "--num-threads", "1"]
     seqkd.main([*argv, "--destdir", str(base)])
-    calls, real = [], seqkd.decode_sample
+    calls, real = [], seqkd_lib.decode_sample
 
     def decode(model, sample, **kw):  # the run is stopped while decoding its 3rd batch
         calls.append(len(sample["id"]))
@@ -175,7 +176,7 @@ def test_interrupted_seqkd_resumes_and_writes_the_same_set(setup, monkeypatch, c
         return real(model, sample, **kw)
 
     out = root / "distilled_resumed"
-    monkeypatch.setattr(seqkd, "decode_sample", decode)
+    monkeypatch.setattr(seqkd_lib, "decode_sample", decode)
     with pytest.raises(KeyboardInterrupt):
         seqkd.main([*argv, "--destdir", str(out)])
     assert len(list((out / "train.partial").glob("part*.npz"))) == 1 and not (out / "train.tgt").exists()
@@ -184,7 +185,8 @@ def test_interrupted_seqkd_resumes_and_writes_the_same_set(setup, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other settings (beam)" in err[0], err
     calls.clear()
-    monkeypatch.setattr(seqkd, "decode_sample", lambda model, sample, **kw: calls.append(1) or real(model, sample, **kw))
+    monkeypatch.setattr(seqkd_lib, "decode_sample",
+                        lambda model, sample, **kw: calls.append(1) or real(model, sample, **kw))
     seqkd.main([*argv, "--destdir", str(out)])
     assert len(calls) == 8  # 48 sentences in batches of 5: the 2 finished batches are not decoded again
     for name in ("train.src", "train.tgt", "train.src-tgt.src.bin", "train.src-tgt.tgt.bin", "train.src-tgt.tgt.idx"):

@@ -17,6 +17,7 @@ Changes: ``attention`` (explicit bf16 matmuls + float32 softmax on CPU, mask dro
 interleaved by sentence, encoder attention grouped: no copy of the encoder output).
 Prints the median ms per update of each side and the speedup (before / now).
 """
+
 import argparse
 import contextlib
 import functools
@@ -39,11 +40,18 @@ from bench.bench_speed import build_trainer  # noqa: E402
 def module_at(rev: str, path: str, name: str):
     """The package module at ``path`` as it was at git revision ``rev`` (a fresh module object,
     importing the rest of the package as it is now)."""
-    src = subprocess.run(["git", "-C", REPO, "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
+    src = subprocess.run(
+        ["git", "-C", REPO, "show", f"{rev}:{path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     mod = types.ModuleType(name)
     from nmt_sd.registry import Registry
 
-    with patched(Registry, register=lambda self, key: (lambda cls: cls)):  # no second registration
+    with patched(
+        Registry, register=lambda self, key: lambda cls: cls
+    ):  # no second registration
         exec(compile(src, f"{rev}:{path}", "exec"), mod.__dict__)
     return mod
 
@@ -66,7 +74,9 @@ def before(change: str, rev: str):
         from nmt_sd.models import transformer as tr
 
         old = module_at(rev, "nmt_sd/models/transformer.py", "old_transformer")
-        return patched(tr, dropout=old.dropout), patched(tr.MultiheadAttention, forward=old.MultiheadAttention.forward)
+        return patched(tr, dropout=old.dropout), patched(
+            tr.MultiheadAttention, forward=old.MultiheadAttention.forward
+        )
     if change == "ce":
         from nmt_sd.criterions import functional as fn
 
@@ -76,7 +86,10 @@ def before(change: str, rev: str):
         from nmt_sd.criterions import objective
 
         old = module_at(rev, "nmt_sd/criterions/functional.py", "old_functional")
-        unhinted = lambda *a, weights=None, **kw: old.multi_pass_ce_from_logits(*a, **kw)  # noqa: E731
+
+        def unhinted(*a, weights=None, **kw):
+            return old.multi_pass_ce_from_logits(*a, **kw)
+
         return (patched(objective, multi_pass_ce_from_logits=unhinted),)
     if change == "softce":
         from nmt_sd.criterions import functional as fn
@@ -92,13 +105,19 @@ def before(change: str, rev: str):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("change", choices=["attention", "ce", "multipass", "softce", "seer"])
-    p.add_argument("--before", default="68446f6", help="git revision of the 'before' code")
+    p.add_argument(
+        "--before", default="68446f6", help="git revision of the 'before' code"
+    )
     p.add_argument("--data", default=os.path.join(REPO, "data/multi30k_de_en/bin"))
     p.add_argument("--arch", default="transformer_cpu")
     p.add_argument("--criterion", default="label_smoothed_cross_entropy")
-    p.add_argument("--flags", default="", help="criterion flags, e.g. '--rdrop-alpha 5'")
+    p.add_argument(
+        "--flags", default="", help="criterion flags, e.g. '--rdrop-alpha 5'"
+    )
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--threads", type=int, default=1)
@@ -110,7 +129,9 @@ def main():
     torch.set_num_threads(a.threads)
     task, trainer = build_trainer(a, a.criterion, a.flags)
     ds = task.load_dataset("train")
-    itr = task.get_batch_iterator(ds, a.max_tokens, None, trainer.model.max_positions(), 1, True, 1, 0, 8)
+    itr = task.get_batch_iterator(
+        ds, a.max_tokens, None, trainer.model.max_positions(), 1, True, 1, 0, 8
+    )
     gen = itr.next_epoch_itr()
     batches = [next(gen) for _ in range(a.warmup + a.updates)]
     times = {"before": [], "now": []}
@@ -126,9 +147,11 @@ def main():
             if i >= a.warmup:
                 times[side].append(dt)
     ms = {s: 1000 * statistics.median(t) for s, t in times.items()}
-    print(f"{a.change} {a.arch} {a.precision} max-tokens {a.max_tokens} threads {a.threads} "
-          f"criterion {a.criterion} {a.flags}: before {ms['before']:.0f} ms, now {ms['now']:.0f} ms, "
-          f"speedup {ms['before'] / ms['now']:.2f}x")
+    print(
+        f"{a.change} {a.arch} {a.precision} max-tokens {a.max_tokens} threads {a.threads} "
+        f"criterion {a.criterion} {a.flags}: before {ms['before']:.0f} ms, now {ms['now']:.0f} ms, "
+        f"speedup {ms['before'] / ms['now']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

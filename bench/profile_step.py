@@ -4,6 +4,7 @@
 
 Used to find what a training step spends its time on (docs/profile.md keeps the summary).
 """
+
 import argparse
 import os
 import sys
@@ -29,10 +30,25 @@ def main():
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--rows", type=int, default=25)
-    p.add_argument("--by-shape", action="store_true", help="group operators by input shapes")
+    p.add_argument(
+        "--by-shape", action="store_true", help="group operators by input shapes"
+    )
     a = p.parse_args()
-    argv = [a.data, "--arch", a.arch, "--share-all-embeddings", "--max-tokens", str(a.max_tokens),
-            "--max-update", "1", "--label-smoothing", "0.1", "--criterion", a.criterion, *a.extra.split()]
+    argv = [
+        a.data,
+        "--arch",
+        a.arch,
+        "--share-all-embeddings",
+        "--max-tokens",
+        str(a.max_tokens),
+        "--max-update",
+        "1",
+        "--label-smoothing",
+        "0.1",
+        "--criterion",
+        a.criterion,
+        *a.extra.split(),
+    ]
     if a.precision == "bf16":
         argv.append("--bf16")
     args = parse_training_args(argv)
@@ -42,7 +58,9 @@ def main():
     ds = task.load_dataset("train")
     model, crit = task.build_model(args), task.build_criterion(args)
     trainer = Trainer(args, task, model, crit, torch.device("cpu"))
-    itr = task.get_batch_iterator(ds, a.max_tokens, None, model.max_positions(), 1, True, 1, 0, 8)
+    itr = task.get_batch_iterator(
+        ds, a.max_tokens, None, model.max_positions(), 1, True, 1, 0, 8
+    )
     gen = itr.next_epoch_itr()
     batches = [next(gen) for _ in range(2 + a.updates)]
     for b in batches[:2]:
@@ -51,9 +69,15 @@ def main():
         for b in batches[2:]:
             trainer.train_step([b])
     ntok = sum(b["ntokens"] for b in batches[2:])
-    print(f"# {a.arch} {a.precision} {a.criterion}: {a.updates} updates, {ntok} target tokens, "
-          f"{torch.get_num_threads()} threads")
-    print(prof.key_averages(group_by_input_shape=a.by_shape).table(sort_by="self_cpu_time_total", row_limit=a.rows))
+    print(
+        f"# {a.arch} {a.precision} {a.criterion}: {a.updates} updates, {ntok} target tokens, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        prof.key_averages(group_by_input_shape=a.by_shape).table(
+            sort_by="self_cpu_time_total", row_limit=a.rows
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Formats (``--format``):
 
 Training pairs with an empty side are dropped. ``.done`` markers make reruns no-ops.
 """
+
 import argparse
 import csv
 import logging
@@ -63,26 +64,70 @@ TED_URL = "http://phontron.com/data/ted_talks.tar.gz"
 IWSLT_URL = "https://wit3.fbk.eu/archive/2017-01-trnted/texts"
 # 3-letter codes of the TED-8 languages -> the column names of all_talks_*.tsv (por -> pt, not
 # pt-br, is our reading of the MultiDDS data; unverified)
-TED_TSV_CODES = {"aze": "az", "bel": "be", "glg": "gl", "slk": "sk", "tur": "tr", "rus": "ru", "por": "pt",
-                 "ces": "cs", "bos": "bs", "mar": "mr", "hin": "hi", "mkd": "mk", "ell": "el", "bul": "bg",
-                 "fra": "fr", "kor": "ko", "eng": "en"}
+TED_TSV_CODES = {
+    "aze": "az",
+    "bel": "be",
+    "glg": "gl",
+    "slk": "sk",
+    "tur": "tr",
+    "rus": "ru",
+    "por": "pt",
+    "ces": "cs",
+    "bos": "bs",
+    "mar": "mr",
+    "hin": "hi",
+    "mkd": "mk",
+    "ell": "el",
+    "bul": "bg",
+    "fra": "fr",
+    "kor": "ko",
+    "eng": "en",
+}
 Pairs = tuple[list[str], list[str]]
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prepare_multilingual", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="prepare_multilingual", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--format", required=True, choices=["multi30k", "ted", "iwslt"])
-    p.add_argument("--input", default="", help="local directory/archive, or URL (empty: the default download)")
-    p.add_argument("--langs", required=True, help="comma-separated non-pivot languages, e.g. de,fr,cs")
-    p.add_argument("--pivot", default="en", help="the language every pair shares (en, eng)")
+    p.add_argument(
+        "--input",
+        default="",
+        help="local directory/archive, or URL (empty: the default download)",
+    )
+    p.add_argument(
+        "--langs",
+        required=True,
+        help="comma-separated non-pivot languages, e.g. de,fr,cs",
+    )
+    p.add_argument(
+        "--pivot", default="en", help="the language every pair shares (en, eng)"
+    )
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--train-sizes", default="", metavar="L:N,...", help="subsample LANG's training pairs to N")
-    p.add_argument("--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary")
+    p.add_argument(
+        "--train-sizes",
+        default="",
+        metavar="L:N,...",
+        help="subsample LANG's training pairs to N",
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=8000, help="joint SentencePiece vocabulary"
+    )
     p.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
-    p.add_argument("--input-sentence-size", type=int, default=0, help="spm training sample (0 = all)")
+    p.add_argument(
+        "--input-sentence-size",
+        type=int,
+        default=0,
+        help="spm training sample (0 = all)",
+    )
     p.add_argument("--lowercase", action="store_true")
-    p.add_argument("--seed", type=int, default=1, help="subsampling and sentencepiece seed")
-    p.add_argument("--workers", type=int, default=1, help="sentencepiece / binarization workers")
+    p.add_argument(
+        "--seed", type=int, default=1, help="subsampling and sentencepiece seed"
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="sentencepiece / binarization workers"
+    )
     return p
 
 
@@ -91,15 +136,22 @@ def parse_sizes(spec: str, langs: list[str]) -> dict[str, int]:
     for item in (x.strip() for x in spec.split(",") if x.strip()):
         lang, _, n = item.partition(":")
         if lang not in langs or not n.isdigit() or int(n) < 1:
-            raise NmtSdError(f"--train-sizes: bad entry {item!r} (expected LANG:N with LANG in {','.join(langs)})")
+            raise NmtSdError(
+                f"--train-sizes: bad entry {item!r} (expected LANG:N with LANG in {','.join(langs)})"
+            )
         out[lang] = int(n)
     return out
 
 
 # -- readers ------------------------------------------------------------------
-def read_multi30k(input_spec: str, lang: str, pivot: str, orig: Path) -> dict[str, Pairs]:
-    from data_prep.prepare_multi30k import KNOWN_SHA256_PREFIX, find_file
-    from data_prep.prepare_multi30k import SPLITS as M30K
+def read_multi30k(
+    input_spec: str, lang: str, pivot: str, orig: Path
+) -> dict[str, Pairs]:
+    from data_prep.prepare_multi30k import (
+        KNOWN_SHA256_PREFIX,
+        SPLITS as M30K,
+        find_file,
+    )
 
     input_dir = Path(input_spec) if input_spec else None
     if input_dir is not None and not input_dir.is_dir():
@@ -135,7 +187,9 @@ def extract(archive: Path, dest: Path) -> None:
     logger.info("extracting %s into %s", archive, dest)
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            tar.extractall(
+                dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {})
+            )
     except (tarfile.TarError, OSError) as e:
         raise NmtSdError(f"--input {archive}: cannot extract ({e})") from e
 
@@ -145,10 +199,18 @@ def read_ted(root: Path, lang: str, pivot: str) -> dict[str, Pairs]:
     pair_dir = root / f"{lang}_{pivot}"
     names = {"train": "train", "valid": "dev", "test": "test"}
     if pair_dir.is_dir():
-        return {s: read_parallel(*(pair_dir / f"ted-{n}.orig.{x}" for x in (lang, pivot))) for s, n in names.items()}
-    tsvs = {s: next(iter(sorted(root.rglob(f"all_talks_{n}.tsv"))), None) for s, n in names.items()}
+        return {
+            s: read_parallel(*(pair_dir / f"ted-{n}.orig.{x}" for x in (lang, pivot)))
+            for s, n in names.items()
+        }
+    tsvs = {
+        s: next(iter(sorted(root.rglob(f"all_talks_{n}.tsv"))), None)
+        for s, n in names.items()
+    }
     if any(p is None for p in tsvs.values()):
-        raise NmtSdError(f"--input {root}: neither {pair_dir} nor all_talks_{{train,dev,test}}.tsv found")
+        raise NmtSdError(
+            f"--input {root}: neither {pair_dir} nor all_talks_{{train,dev,test}}.tsv found"
+        )
     return {s: read_ted_tsv(p, lang, pivot) for s, p in tsvs.items()}
 
 
@@ -223,13 +285,22 @@ def write_raw(args, langs: list[str], out: Path) -> list[Path]:
     outputs = []
     for lang in langs:
         data = read_pair(args, lang, out.parent / "orig")
-        data["train"] = subsample(drop_empty(data["train"]), sizes.get(lang, 1 << 62), args.seed)
+        data["train"] = subsample(
+            drop_empty(data["train"]), sizes.get(lang, 1 << 62), args.seed
+        )
         for split in SPLITS:
             for x, lines in zip((lang, args.pivot), data[split], strict=True):
                 path = out / f"{split}.{lang}-{args.pivot}.{x}"
-                write_lines(path, [s.lower() for s in lines] if args.lowercase else lines)
+                write_lines(
+                    path, [s.lower() for s in lines] if args.lowercase else lines
+                )
                 outputs.append(path)
-        logger.info("%s-%s: %s", lang, args.pivot, ", ".join(f"{s} {len(data[s][0])}" for s in SPLITS))
+        logger.info(
+            "%s-%s: %s",
+            lang,
+            args.pivot,
+            ", ".join(f"{s} {len(data[s][0])}" for s in SPLITS),
+        )
     return outputs
 
 
@@ -240,13 +311,22 @@ def train_spm(args, langs: list[str], raw: Path, out: Path) -> None:
 
     files = []
     for x in [*langs, args.pivot]:
-        lines = dict.fromkeys(line for lang in langs if x in (lang, args.pivot)
-                              for line in read_text(raw / f"train.{lang}-{args.pivot}.{x}"))
+        lines = dict.fromkeys(
+            line
+            for lang in langs
+            if x in (lang, args.pivot)
+            for line in read_text(raw / f"train.{lang}-{args.pivot}.{x}")
+        )
         files.append(out / f"spm_input.{x}")
         write_lines(files[-1], lines)
-    ns = argparse.Namespace(seed=args.seed, vocab_size=args.vocab_size, model_type=args.model_type,
-                            character_coverage=1.0, input_sentence_size=args.input_sentence_size,
-                            workers=args.workers)
+    ns = argparse.Namespace(
+        seed=args.seed,
+        vocab_size=args.vocab_size,
+        model_type=args.model_type,
+        character_coverage=1.0,
+        input_sentence_size=args.input_sentence_size,
+        workers=args.workers,
+    )
     spm.train(files, out / "spm", ns)
     for f in files:
         f.unlink()
@@ -260,7 +340,9 @@ def encode(args, langs: list[str], raw: Path, out: Path) -> None:
         for split in SPLITS:
             for x in (lang, args.pivot):
                 name = f"{split}.{lang}-{args.pivot}.{x}"
-                pieces = sp.encode(read_text(raw / name), out_type=str, num_threads=args.workers)
+                pieces = sp.encode(
+                    read_text(raw / name), out_type=str, num_threads=args.workers
+                )
                 write_lines(out / name, (" ".join(p) for p in pieces))
 
 
@@ -269,7 +351,12 @@ def joint_dictionary(spm_dir: Path, pairs: list[tuple[str, str]]):
     from nmt_sd.data.dictionary import Dictionary
     from nmt_sd.data.multilingual import langtok
 
-    lines = [line for a, b in pairs for x in (a, b) for line in read_text(spm_dir / f"train.{a}-{b}.{x}")]
+    lines = [
+        line
+        for a, b in pairs
+        for x in (a, b)
+        for line in read_text(spm_dir / f"train.{a}-{b}.{x}")
+    ]
     d = Dictionary.build(lines, padding_factor=1)
     for lang in sorted({x for p in pairs for x in p}):
         d.add_symbol(langtok(lang), 0)
@@ -280,16 +367,33 @@ def joint_dictionary(spm_dir: Path, pairs: list[tuple[str, str]]):
     return d
 
 
-def binarize(spm_dir: Path, pairs: list[tuple[str, str]], dest: Path, workers: int = 1) -> None:
+def binarize(
+    spm_dir: Path, pairs: list[tuple[str, str]], dest: Path, workers: int = 1
+) -> None:
     """One joint dictionary, every pair binarized with it (fairseq file names)."""
     from nmt_sd.cli import preprocess
 
     dest.mkdir(parents=True, exist_ok=True)
     joint_dictionary(spm_dir, pairs).save(str(dest / "dict.txt"))
     for a, b in pairs:
-        prefs = {s: str(spm_dir / f"{s}.{a}-{b}") for s in SPLITS if (spm_dir / f"{s}.{a}-{b}.{a}").is_file()}
-        argv = ["-s", a, "-t", b, "--destdir", str(dest), "--srcdict", str(dest / "dict.txt"),
-                "--joined-dictionary", "--workers", str(workers)]
+        prefs = {
+            s: str(spm_dir / f"{s}.{a}-{b}")
+            for s in SPLITS
+            if (spm_dir / f"{s}.{a}-{b}.{a}").is_file()
+        }
+        argv = [
+            "-s",
+            a,
+            "-t",
+            b,
+            "--destdir",
+            str(dest),
+            "--srcdict",
+            str(dest / "dict.txt"),
+            "--joined-dictionary",
+            "--workers",
+            str(workers),
+        ]
         argv += [x for s, pref in prefs.items() for x in (f"--{s}pref", pref)]
         preprocess.main(argv)
 
@@ -298,18 +402,32 @@ def main(argv: list[str] | None = None) -> None:
     args = get_parser().parse_args(argv)
     langs = [x.strip() for x in args.langs.split(",") if x.strip()]
     if not langs or args.pivot in langs or len(set(langs)) != len(langs):
-        raise NmtSdError(f"--langs {args.langs!r}: give distinct languages other than --pivot {args.pivot}")
+        raise NmtSdError(
+            f"--langs {args.langs!r}: give distinct languages other than --pivot {args.pivot}"
+        )
     out = Path(args.output)
     options = {k: v for k, v in vars(args).items() if k not in ("output", "workers")}
-    raw_out = [out / "raw" / f"{s}.{x}-{args.pivot}.{y}" for s in SPLITS for x in langs for y in (x, args.pivot)]
+    raw_out = [
+        out / "raw" / f"{s}.{x}-{args.pivot}.{y}"
+        for s in SPLITS
+        for x in langs
+        for y in (x, args.pivot)
+    ]
     if not is_done(out / "raw", options, raw_out):
         (out / "raw").mkdir(parents=True, exist_ok=True)
         clear_marker(out / "raw")
         write_raw(args, langs, out / "raw")
         write_marker(out / "raw", options)
-    bin_out = [out / "bin" / f"{s}.{x}-{args.pivot}.{y}.idx" for s in SPLITS for x in langs for y in (x, args.pivot)]
+    bin_out = [
+        out / "bin" / f"{s}.{x}-{args.pivot}.{y}.idx"
+        for s in SPLITS
+        for x in langs
+        for y in (x, args.pivot)
+    ]
     if is_done(out / "bin", options, bin_out):
-        logger.info("already done: %s (delete %s/.done to redo)", out / "bin", out / "bin")
+        logger.info(
+            "already done: %s (delete %s/.done to redo)", out / "bin", out / "bin"
+        )
         return
     (out / "spm").mkdir(parents=True, exist_ok=True)
     clear_marker(out / "bin")

@@ -17,6 +17,7 @@ fairseq's ``translation_multi_simple_epoch`` conventions, simplified:
   (``nmt_sd/data/multilingual.py``); validation reports loss (and BLEU) per pair;
   generation translates one pair (``-s/-t``) at a time.
 """
+
 import logging
 import os
 from typing import List, Optional, Tuple
@@ -42,12 +43,16 @@ def parse_lang_pairs(spec: Optional[str], flag: str = "--lang-pairs") -> List[Pa
     for item in (x.strip() for x in (spec or "").split(",") if x.strip()):
         src, sep, tgt = item.partition("-")
         if not sep or not src or not tgt or "-" in tgt or src == tgt:
-            raise NmtSdError(f"{flag}: bad pair {item!r} in {spec!r} (expected e.g. 'de-en,fr-en')")
+            raise NmtSdError(
+                f"{flag}: bad pair {item!r} in {spec!r} (expected e.g. 'de-en,fr-en')"
+            )
         if (src, tgt) in pairs:
             raise NmtSdError(f"{flag}: pair {item} is listed twice")
         pairs.append((src, tgt))
     if not pairs:
-        raise NmtSdError(f"--task multilingual_translation needs {flag}, e.g. {flag} de-en,fr-en")
+        raise NmtSdError(
+            f"--task multilingual_translation needs {flag}, e.g. {flag} de-en,fr-en"
+        )
     return pairs
 
 
@@ -56,13 +61,17 @@ def load_joint_dictionary(data: str, langs: List[str]) -> Dictionary:
     paths = [os.path.join(data, f"dict.{lang}.txt") for lang in langs]
     for lang, path in zip(langs, paths):
         if not os.path.isfile(path):
-            raise NmtSdError(f"--lang-pairs: no dictionary for language {lang!r}: {path} not found")
+            raise NmtSdError(
+                f"--lang-pairs: no dictionary for language {lang!r}: {path} not found"
+            )
     first = paths[0]
     d = Dictionary.load(first)
     for path in paths[1:]:
         if Dictionary.load(path).symbols != d.symbols:
-            raise NmtSdError(f"{path} differs from {first}: multilingual_translation needs one joint "
-                             "dictionary (binarize every pair with the same --srcdict)")
+            raise NmtSdError(
+                f"{path} differs from {first}: multilingual_translation needs one joint "
+                "dictionary (binarize every pair with the same --srcdict)"
+            )
     for lang in langs:
         d.add_symbol(langtok(lang), 0)  # no-op when the tag is already there
     return d
@@ -74,22 +83,47 @@ class MultilingualTranslationTask:
         self.args = args
         self.src_dict = self.tgt_dict = dictionary
         self.lang_pairs = lang_pairs
-        self.langs = sorted({lang for pair in lang_pairs for lang in pair})  # index = language id
-        self.gen_pair: Optional[Pair] = None  # set by -s/-t: load/generate that pair only
+        # index = language id
+        self.langs = sorted({lang for pair in lang_pairs for lang in pair})
+        self.gen_pair: Optional[Pair] = (
+            None  # set by -s/-t: load/generate that pair only
+        )
         self.datasets = {}
 
     @staticmethod
     def add_args(parser) -> None:
-        g = parser.add_argument_group("Multilingual translation (--task multilingual_translation)")
-        g.add_argument("--lang-pairs", metavar="PAIRS", help="comma-separated SRC-TGT pairs, e.g. de-en,fr-en,cs-en")
-        g.add_argument("--encoder-langtok", choices=["src", "tgt"], default=None,
-                       help="prepend the source (src) or target (tgt) language tag __xx__ to each source")
-        g.add_argument("--decoder-langtok", action="store_true",
-                       help="start decoding from the target language tag __xx__ instead of </s>")
-        g.add_argument("--sampling-method", choices=["temperature", "uniform"], default="temperature",
-                       help="how training batches are drawn across pairs")
-        g.add_argument("--sampling-temperature", type=float, default=1.0, metavar="T",
-                       help="pair i drawn with p ∝ n_i^(1/T), n_i = its batches; 1 = as in the data (fairseq's default: 1.5)")
+        g = parser.add_argument_group(
+            "Multilingual translation (--task multilingual_translation)"
+        )
+        g.add_argument(
+            "--lang-pairs",
+            metavar="PAIRS",
+            help="comma-separated SRC-TGT pairs, e.g. de-en,fr-en,cs-en",
+        )
+        g.add_argument(
+            "--encoder-langtok",
+            choices=["src", "tgt"],
+            default=None,
+            help="prepend the source (src) or target (tgt) language tag __xx__ to each source",
+        )
+        g.add_argument(
+            "--decoder-langtok",
+            action="store_true",
+            help="start decoding from the target language tag __xx__ instead of </s>",
+        )
+        g.add_argument(
+            "--sampling-method",
+            choices=["temperature", "uniform"],
+            default="temperature",
+            help="how training batches are drawn across pairs",
+        )
+        g.add_argument(
+            "--sampling-temperature",
+            type=float,
+            default=1.0,
+            metavar="T",
+            help="pair i drawn with p ∝ n_i^(1/T), n_i = its batches; 1 = as in the data (fairseq's default: 1.5)",
+        )
 
     @classmethod
     def setup_task(cls, args) -> "MultilingualTranslationTask":
@@ -97,11 +131,18 @@ class MultilingualTranslationTask:
             raise NmtSdError(f"data directory not found: {args.data}")
         pairs = parse_lang_pairs(getattr(args, "lang_pairs", None))
         if getattr(args, "sampling_temperature", 1.0) <= 0:
-            raise NmtSdError(f"--sampling-temperature must be > 0, got {args.sampling_temperature}")
+            raise NmtSdError(
+                f"--sampling-temperature must be > 0, got {args.sampling_temperature}"
+            )
         langs = sorted({lang for pair in pairs for lang in pair})
         task = cls(args, load_joint_dictionary(args.data, langs), pairs)
-        logger.info(f"{len(pairs)} language pairs ({args.lang_pairs}), joint dictionary: {len(task.tgt_dict)} types")
-        src, tgt = getattr(args, "source_lang", None), getattr(args, "target_lang", None)
+        logger.info(
+            f"{len(pairs)} language pairs ({args.lang_pairs}), joint dictionary: {len(task.tgt_dict)} types"
+        )
+        src, tgt = (
+            getattr(args, "source_lang", None),
+            getattr(args, "target_lang", None),
+        )
         if src or tgt:
             task.select_pair(src, tgt)
         return task
@@ -110,9 +151,13 @@ class MultilingualTranslationTask:
         """Generation: work on one trained pair (``-s SRC -t TGT``)."""
         names = ",".join(f"{s}-{t}" for s, t in self.lang_pairs)
         if not src or not tgt:
-            raise NmtSdError(f"a multilingual model translates one pair at a time: pass -s and -t (one of {names})")
+            raise NmtSdError(
+                f"a multilingual model translates one pair at a time: pass -s and -t (one of {names})"
+            )
         if (src, tgt) not in self.lang_pairs:
-            raise NmtSdError(f"-s {src} -t {tgt}: unknown pair, the model was trained on --lang-pairs {names}")
+            raise NmtSdError(
+                f"-s {src} -t {tgt}: unknown pair, the model was trained on --lang-pairs {names}"
+            )
         self.gen_pair = (src, tgt)
 
     # -- language tags and ids ----------------------------------------------
@@ -121,11 +166,19 @@ class MultilingualTranslationTask:
 
     def decoder_start(self, tgt: str) -> int:
         """The decoder's first input symbol for target language ``tgt``."""
-        return self.tgt_dict.index(langtok(tgt)) if self.args.decoder_langtok else self.tgt_dict.eos()
+        return (
+            self.tgt_dict.index(langtok(tgt))
+            if self.args.decoder_langtok
+            else self.tgt_dict.eos()
+        )
 
     def encoder_tag(self, src: str, tgt: str) -> Optional[int]:
         side = getattr(self.args, "encoder_langtok", None)
-        return None if side is None else self.src_dict.index(langtok(src if side == "src" else tgt))
+        return (
+            None
+            if side is None
+            else self.src_dict.index(langtok(src if side == "src" else tgt))
+        )
 
     def pair_of(self, sample) -> str:
         """``"de-en"`` for a one-pair batch (from its language ids)."""
@@ -144,45 +197,94 @@ class MultilingualTranslationTask:
                 return prefix
         return None
 
-    def load_pair(self, split: str, src: str, tgt: str, with_target: bool = True) -> LanguagePairDataset:
+    def load_pair(
+        self, split: str, src: str, tgt: str, with_target: bool = True
+    ) -> LanguagePairDataset:
         src_prefix = self.pair_prefix(split, src, tgt, src)
         if src_prefix is None:
             missing = os.path.join(self.args.data, f"{split}.{src}-{tgt}.{src}.idx")
-            raise NmtSdError(f"--lang-pairs {src}-{tgt}: {missing} not found (nor {split}.{tgt}-{src}.{src}.idx)")
+            raise NmtSdError(
+                f"--lang-pairs {src}-{tgt}: {missing} not found (nor {split}.{tgt}-{src}.{src}.idx)"
+            )
         src_ds, tgt_ds = IndexedDataset(src_prefix), None
         tgt_prefix = self.pair_prefix(split, src, tgt, tgt) if with_target else None
         if tgt_prefix is not None:
             tgt_ds = IndexedDataset(tgt_prefix)
             if len(tgt_ds) != len(src_ds):
-                raise NmtSdError(f"{src_prefix} has {len(src_ds)} sentences but {tgt_prefix} has {len(tgt_ds)}")
-        return LanguagePairDataset(src_ds, tgt_ds, self.tgt_dict.pad(), self.tgt_dict.eos(),
-                                   src_lang_id=self.lang_id(src), tgt_lang_id=self.lang_id(tgt),
-                                   src_langtok=self.encoder_tag(src, tgt), bos=self.decoder_start(tgt))
+                raise NmtSdError(
+                    f"{src_prefix} has {len(src_ds)} sentences but {tgt_prefix} has {len(tgt_ds)}"
+                )
+        return LanguagePairDataset(
+            src_ds,
+            tgt_ds,
+            self.tgt_dict.pad(),
+            self.tgt_dict.eos(),
+            src_lang_id=self.lang_id(src),
+            tgt_lang_id=self.lang_id(tgt),
+            src_langtok=self.encoder_tag(src, tgt),
+            bos=self.decoder_start(tgt),
+        )
 
     def load_dataset(self, split: str, with_target: bool = True):
         """Every pair of ``--lang-pairs`` (a MultiPairDataset), or the one ``-s/-t`` pair."""
         if self.gen_pair is not None:
             ds = self.load_pair(split, *self.gen_pair, with_target=with_target)
         else:
-            ds = MultiPairDataset([self.load_pair(split, s, t, with_target) for s, t in self.lang_pairs],
-                                  self.pair_names)
+            ds = MultiPairDataset(
+                [self.load_pair(split, s, t, with_target) for s, t in self.lang_pairs],
+                self.pair_names,
+            )
             sizes = ", ".join(f"{n} {len(d)}" for n, d in zip(ds.names, ds.datasets))
             logger.info(f"{self.args.data} {split}: {sizes}")
         self.datasets[split] = ds
         return ds
 
-    def get_batch_iterator(self, dataset, max_tokens, max_sentences, max_positions=(1024, 1024), seed=1,
-                           shuffle=True, num_shards=1, shard_id=0, required_batch_size_multiple=1,
-                           skip_invalid=True):
+    def get_batch_iterator(
+        self,
+        dataset,
+        max_tokens,
+        max_sentences,
+        max_positions=(1024, 1024),
+        seed=1,
+        shuffle=True,
+        num_shards=1,
+        shard_id=0,
+        required_batch_size_multiple=1,
+        skip_invalid=True,
+    ):
         if not isinstance(dataset, MultiPairDataset):  # one pair (generation)
-            batches = make_batches(dataset, dataset.ordered_indices(), max_tokens, max_sentences, max_positions,
-                                   required_batch_size_multiple, skip_invalid)
-            return EpochBatchIterator(dataset, batches, seed, shuffle, num_shards, shard_id)
-        per_pair = [make_batches(dataset, dataset.pair_indices(p), max_tokens, max_sentences, max_positions,
-                                 required_batch_size_multiple, skip_invalid) for p in range(len(dataset.names))]
-        temp = float("inf") if getattr(self.args, "sampling_method", "temperature") == "uniform" \
+            batches = make_batches(
+                dataset,
+                dataset.ordered_indices(),
+                max_tokens,
+                max_sentences,
+                max_positions,
+                required_batch_size_multiple,
+                skip_invalid,
+            )
+            return EpochBatchIterator(
+                dataset, batches, seed, shuffle, num_shards, shard_id
+            )
+        per_pair = [
+            make_batches(
+                dataset,
+                dataset.pair_indices(p),
+                max_tokens,
+                max_sentences,
+                max_positions,
+                required_batch_size_multiple,
+                skip_invalid,
+            )
+            for p in range(len(dataset.names))
+        ]
+        temp = (
+            float("inf")
+            if getattr(self.args, "sampling_method", "temperature") == "uniform"
             else getattr(self.args, "sampling_temperature", 1.0)
-        return MultiPairBatchIterator(dataset, per_pair, temp, seed, shuffle, num_shards, shard_id)
+        )
+        return MultiPairBatchIterator(
+            dataset, per_pair, temp, seed, shuffle, num_shards, shard_id
+        )
 
     def lang_vocab_mask(self, lang: str, split: str = "train") -> torch.Tensor:
         """(V,) bool: the symbols seen in language ``lang``'s text of ``split`` (both sides

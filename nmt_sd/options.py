@@ -1,6 +1,7 @@
 """argparse is the only source of truth. Two phases: parse the component names
 (task, arch, criterion), add those components' flags and the arch preset as
 defaults, then parse everything (unknown flags are an error naming the flag)."""
+
 import argparse
 import os
 import sys
@@ -20,22 +21,33 @@ def str2floats(s: str):
     try:
         return [float(x) for x in s.strip("()[] ").replace(",", " ").split()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like '(0.9, 0.98)', got {s!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected numbers like '(0.9, 0.98)', got {s!r}"
+        )
 
 
 def add_common_args(p) -> None:
     g = p.add_argument_group("Common")
     g.add_argument("--seed", type=int, default=1, metavar="N")
-    g.add_argument("--cpu", action="store_true", help="use CPU even if CUDA is available")
-    g.add_argument("--fp16", action="store_true", help="float16 autocast + loss scaling (CUDA)")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast, float32 master weights")
-    g.add_argument("--num-threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: cores available / local processes)")
-    g.add_argument("--cpu-allocator", choices=["retain", "system"], default="retain",
-                   help="CPU training: 'retain' makes glibc keep freed memory, so the large tensors "
-                        "of each step do not page-fault in again (default); 'system' leaves malloc as it is")
+    g.add_argument("--cpu", action="store_true", help="CPU even if CUDA is there")
+    g.add_argument("--fp16", action="store_true", help="fp16 AMP, loss scaling (CUDA)")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast, fp32 weights")
+    g.add_argument(
+        "--num-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads (default: cores available / local processes)",
+    )
+    g.add_argument(
+        "--cpu-allocator",
+        choices=["retain", "system"],
+        default="retain",
+        help="CPU training: 'retain' makes glibc keep freed memory, so the large tensors "
+        "of each step do not page-fault in again (default); 'system' leaves malloc as it is",
+    )
     g.add_argument("--log-interval", type=int, default=100, metavar="N")
-    g.add_argument("--log-format", choices=["json", "simple", "tqdm", "none"], default=None)
+    g.add_argument("--log-format", choices=["json", "simple", "tqdm", "none"])
     g.add_argument("--no-progress-bar", action="store_true")
     g.add_argument("--log-file", metavar="FILE", help="also write log lines to FILE")
 
@@ -44,7 +56,8 @@ def add_dataset_args(p, train: bool = True) -> None:
     g = p.add_argument_group("Dataset and data loading")
     g.add_argument("--task", default="translation")
     g.add_argument("--max-tokens", type=int, metavar="N", help="max tokens per batch")
-    g.add_argument("--batch-size", "--max-sentences", type=int, metavar="N", dest="batch_size")
+    batch_size = dict(type=int, metavar="N", dest="batch_size")
+    g.add_argument("--batch-size", "--max-sentences", **batch_size)
     g.add_argument("--required-batch-size-multiple", type=int, default=8, metavar="N")
     g.add_argument("--skip-invalid-size-inputs-valid-test", action="store_true")
     if train:
@@ -65,7 +78,7 @@ def add_optimization_args(p) -> None:
     g.add_argument("--lr-scheduler", choices=["inverse_sqrt", "fixed"], default="fixed")
     g.add_argument("--warmup-updates", type=int, default=4000, metavar="N")
     g.add_argument("--warmup-init-lr", type=float, default=-1, metavar="LR")
-    g.add_argument("--max-update", type=int, default=0, metavar="N", help="0 = no limit")
+    g.add_argument("--max-update", type=int, default=0, metavar="N", help="0: no limit")
     g.add_argument("--max-epoch", type=int, default=0, metavar="N", help="0 = no limit")
     g.add_argument("--update-freq", type=int, default=1, metavar="N")
     g.add_argument("--stop-min-lr", type=float, default=-1.0, metavar="LR")
@@ -83,12 +96,20 @@ def add_checkpoint_args(p) -> None:
     g.add_argument("--no-epoch-checkpoints", action="store_true")
     g.add_argument("--no-last-checkpoints", action="store_true")
     g.add_argument("--no-save", action="store_true")
-    g.add_argument("--patience", type=int, default=-1, metavar="N",
-                   help="stop after N validations without improvement")
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=-1,
+        metavar="N",
+        help="stop after N validations without improvement",
+    )
     g.add_argument("--best-checkpoint-metric", default="loss")
     g.add_argument("--maximize-best-checkpoint-metric", action="store_true")
-    g.add_argument("--metrics-log", metavar="FILE",
-                   help="JSON-lines metrics log (default: SAVE_DIR/metrics.jsonl)")
+    g.add_argument(
+        "--metrics-log",
+        metavar="FILE",
+        help="JSON-lines metrics log (default: SAVE_DIR/metrics.jsonl)",
+    )
 
 
 def get_training_parser():
@@ -101,12 +122,25 @@ def get_training_parser():
     p.add_argument("data", help="directory of binarized data (from nmt-sd-preprocess)")
     p.add_argument("-s", "--source-lang", metavar="SRC")
     p.add_argument("-t", "--target-lang", metavar="TGT")
-    p.add_argument("--arch", "-a", default="transformer", metavar="ARCH",
-                   help=f"one of: {', '.join(sorted(ARCH_PRESETS))}")
-    p.add_argument("--criterion", default="label_smoothed_cross_entropy", metavar="NAME",
-                   help=f"one of: {', '.join(CRITERIONS.names())}")
-    p.add_argument("--terms", default="", metavar="T1,T2",
-                   help="extra objective terms to combine with --criterion (e.g. rdrop,lssd)")
+    p.add_argument(
+        "--arch",
+        "-a",
+        default="transformer",
+        metavar="ARCH",
+        help=f"one of: {', '.join(sorted(ARCH_PRESETS))}",
+    )
+    p.add_argument(
+        "--criterion",
+        default="label_smoothed_cross_entropy",
+        metavar="NAME",
+        help=f"one of: {', '.join(CRITERIONS.names())}",
+    )
+    p.add_argument(
+        "--terms",
+        default="",
+        metavar="T1,T2",
+        help="extra objective terms to combine with --criterion (e.g. rdrop,lssd)",
+    )
     add_common_args(p)
     add_dataset_args(p)
     add_optimization_args(p)
@@ -119,7 +153,6 @@ def get_training_parser():
 def parse_training_args(argv=None):
     from nmt_sd.criterions import CRITERIONS
     from nmt_sd.models import add_model_args, apply_arch_preset
-
     from nmt_sd.tasks import TASKS
 
     p = get_training_parser()
@@ -148,51 +181,17 @@ def check_training_args(args) -> None:
     if len(args.adam_betas) != 2:
         raise NmtSdError("--adam-betas needs two numbers, e.g. '(0.9, 0.98)'")
     if args.max_update <= 0 and args.max_epoch <= 0 and args.patience <= 0:
-        raise NmtSdError("give --max-update, --max-epoch or --patience, else training never stops")
+        raise NmtSdError(
+            "give --max-update, --max-epoch or --patience, else training never stops"
+        )
     if args.best_checkpoint_metric == "bleu" and not args.eval_bleu:
         raise NmtSdError("--best-checkpoint-metric bleu needs --eval-bleu")
     if args.num_threads is not None and args.num_threads < 1:
         raise NmtSdError("--num-threads must be >= 1")
-    if getattr(args, "lang_pairs", None) is not None and (args.source_lang or args.target_lang):
-        raise NmtSdError("-s/-t select one pair for generation; multilingual training uses every --lang-pairs pair")
+    if getattr(args, "lang_pairs", None) is not None and (
+        args.source_lang or args.target_lang
+    ):
+        raise NmtSdError(
+            "-s/-t select one pair for generation; multilingual training uses every --lang-pairs pair"
+        )
     args.save_dir = os.path.abspath(args.save_dir)
-
-
-def plain_args(args) -> dict:
-    """``vars(args)`` with plain types only, so checkpoints load with weights_only=True."""
-    out = {}
-    for k, v in vars(args).items():
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            out[k] = v
-        elif isinstance(v, (list, tuple)):
-            out[k] = list(v)
-    return out
-
-
-def add_generation_args(p) -> None:
-    """Flags shared by nmt-sd-generate and nmt-sd-interactive (fairseq's names)."""
-    p.add_argument("--path", required=True, metavar="CKPT", help="model checkpoint")
-    p.add_argument("-s", "--source-lang", metavar="SRC")
-    p.add_argument("-t", "--target-lang", metavar="TGT")
-    g = p.add_argument_group("Generation")
-    g.add_argument("--beam", type=int, default=5, metavar="N", help="beam size; 1 = greedy")
-    g.add_argument("--nbest", type=int, default=1, metavar="N")
-    g.add_argument("--lenpen", type=float, default=1.0)
-    g.add_argument("--max-len-a", type=float, default=0.0)
-    g.add_argument("--max-len-b", type=int, default=200)
-    g.add_argument("--min-len", type=int, default=1)
-    g.add_argument("--unkpen", type=float, default=0.0)
-    g.add_argument("--remove-bpe", "--post-process", nargs="?", const="@@ ", default=None,
-                   help="'sentencepiece', 'subword_nmt' or a BPE suffix such as '@@ '")
-    g.add_argument("--skip-invalid-size-inputs-valid-test", action="store_true")
-    g.add_argument("--cpu", action="store_true")
-    g.add_argument("--bf16", action="store_true")
-    g.add_argument("--fp16", action="store_true")
-    g.add_argument("--num-threads", type=int, default=None, metavar="N")
-
-
-def add_inter_threads_arg(p) -> None:
-    """For the tools that decode a whole split (nmt-sd-generate, nmt-sd-seqkd)."""
-    p.add_argument("--inter-threads", type=int, default=1, metavar="N",
-                   help="CPU: decode N batches at once in N processes, each with --num-threads/N "
-                        "threads (CTranslate2's inter_threads); the output is unchanged (default: 1)")

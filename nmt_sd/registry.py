@@ -1,4 +1,5 @@
 """A generic name -> class registry (fairseq-style short names, explicit imports)."""
+
 from typing import Callable, Dict, List, Optional, Type
 
 
@@ -15,7 +16,9 @@ class Registry:
             if name in self._entries and self._entries[name] is not cls:
                 raise ValueError(f"duplicate {self.kind} name: {name}")
             if self.base is not None and not issubclass(cls, self.base):
-                raise ValueError(f"{self.kind} {name} must subclass {self.base.__name__}")
+                raise ValueError(
+                    f"{self.kind} {name} must subclass {self.base.__name__}"
+                )
             self._entries[name] = cls
             return cls
 

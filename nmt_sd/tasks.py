@@ -1,4 +1,5 @@
 """The ``translation`` task: dictionaries, binarized datasets, batches, model and criterion."""
+
 import glob
 import logging
 import os
@@ -27,15 +28,24 @@ def infer_language_pair(data: str):
     return None, None
 
 
-def make_batches(dataset, indices: np.ndarray, max_tokens: Optional[int], max_sentences: Optional[int],
-                 max_positions, required_batch_size_multiple: int, skip_invalid: bool):
+def make_batches(
+    dataset,
+    indices: np.ndarray,
+    max_tokens: Optional[int],
+    max_sentences: Optional[int],
+    max_positions,
+    required_batch_size_multiple: int,
+    skip_invalid: bool,
+):
     """Drop examples over the position / token limits (or refuse them), then group the
     length-sorted ``indices`` into token-budget batches."""
     keep = dataset.src_sizes[indices] <= max_positions[0]
     if dataset.tgt_sizes is not None:
         keep &= dataset.tgt_sizes[indices] <= max_positions[1]
     if max_tokens:
-        keep &= np.array([dataset.num_tokens(int(i)) <= max_tokens for i in indices], bool)
+        keep &= np.array(
+            [dataset.num_tokens(int(i)) <= max_tokens for i in indices], bool
+        )
     if not keep.all():
         bad = indices[~keep]
         if not skip_invalid:
@@ -43,9 +53,17 @@ def make_batches(dataset, indices: np.ndarray, max_tokens: Optional[int], max_se
                 f"{len(bad)} examples exceed max positions {max_positions} or --max-tokens "
                 f"{max_tokens} (first: example {int(bad[0])})"
             )
-        logger.warning(f"skipping {len(bad)} examples longer than the limits, e.g. {bad[:5].tolist()}")
+        logger.warning(
+            f"skipping {len(bad)} examples longer than the limits, e.g. {bad[:5].tolist()}"
+        )
         indices = indices[keep]
-    return batch_by_size(indices, dataset.num_tokens, max_tokens, max_sentences, required_batch_size_multiple)
+    return batch_by_size(
+        indices,
+        dataset.num_tokens,
+        max_tokens,
+        max_sentences,
+        required_batch_size_multiple,
+    )
 
 
 @TASKS.register("translation")
@@ -68,8 +86,12 @@ class TranslationTask:
                 )
             args.source_lang = args.source_lang or src
             args.target_lang = args.target_lang or tgt
-        src_dict = Dictionary.load(os.path.join(args.data, f"dict.{args.source_lang}.txt"))
-        tgt_dict = Dictionary.load(os.path.join(args.data, f"dict.{args.target_lang}.txt"))
+        src_dict = Dictionary.load(
+            os.path.join(args.data, f"dict.{args.source_lang}.txt")
+        )
+        tgt_dict = Dictionary.load(
+            os.path.join(args.data, f"dict.{args.target_lang}.txt")
+        )
         logger.info(f"[{args.source_lang}] dictionary: {len(src_dict)} types")
         logger.info(f"[{args.target_lang}] dictionary: {len(tgt_dict)} types")
         return cls(args, src_dict, tgt_dict)
@@ -88,7 +110,9 @@ class TranslationTask:
         if with_target and dataset_exists(tgt_prefix):
             tgt = IndexedDataset(tgt_prefix)
             if len(tgt) != len(src):
-                raise NmtSdError(f"{src_prefix} has {len(src)} sentences but {tgt_prefix} has {len(tgt)}")
+                raise NmtSdError(
+                    f"{src_prefix} has {len(src)} sentences but {tgt_prefix} has {len(tgt)}"
+                )
         ds = LanguagePairDataset(src, tgt, self.tgt_dict.pad(), self.tgt_dict.eos())
         self.datasets[split] = ds
         logger.info(f"{self.args.data} {split} {len(ds)} examples")
@@ -107,8 +131,15 @@ class TranslationTask:
         required_batch_size_multiple: int = 1,
         skip_invalid: bool = True,
     ) -> EpochBatchIterator:
-        batches = make_batches(dataset, dataset.ordered_indices(), max_tokens, max_sentences, max_positions,
-                               required_batch_size_multiple, skip_invalid)
+        batches = make_batches(
+            dataset,
+            dataset.ordered_indices(),
+            max_tokens,
+            max_sentences,
+            max_positions,
+            required_batch_size_multiple,
+            skip_invalid,
+        )
         return EpochBatchIterator(dataset, batches, seed, shuffle, num_shards, shard_id)
 
     def build_model(self, args):

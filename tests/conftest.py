@@ -1,4 +1,5 @@
 """Shared fixtures: tiny dictionary, tiny Transformer args, ragged batches, a toy corpus."""
+
 import argparse
 import os
 import random
@@ -12,7 +13,11 @@ from nmt_sd.data.dataset import collate
 from nmt_sd.data.dictionary import Dictionary
 from nmt_sd.models import ARCH_PRESETS
 
-SHARED_DATA = Path(os.environ.get("NMT_SD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_DATA = Path(
+    os.environ.get(
+        "NMT_SD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+)
 
 
 def pytest_configure(config):
@@ -38,19 +43,35 @@ def tiny_dict(n: int = 20) -> Dictionary:
 def tiny_args(**over) -> argparse.Namespace:
     a = dict(ARCH_PRESETS["transformer"])
     a.update(
-        encoder_embed_dim=16, encoder_ffn_embed_dim=32, encoder_layers=2, encoder_attention_heads=2,
-        decoder_embed_dim=16, decoder_ffn_embed_dim=32, decoder_layers=2, decoder_attention_heads=2,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, activation_fn="relu",
-        encoder_normalize_before=False, decoder_normalize_before=False,
-        share_decoder_input_output_embed=False, share_all_embeddings=False,
-        no_scale_embedding=False, layernorm_embedding=False,
-        max_source_positions=64, max_target_positions=64, label_smoothing=0.1,
+        encoder_embed_dim=16,
+        encoder_ffn_embed_dim=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_embed_dim=16,
+        decoder_ffn_embed_dim=32,
+        decoder_layers=2,
+        decoder_attention_heads=2,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        activation_fn="relu",
+        encoder_normalize_before=False,
+        decoder_normalize_before=False,
+        share_decoder_input_output_embed=False,
+        share_all_embeddings=False,
+        no_scale_embedding=False,
+        layernorm_embedding=False,
+        max_source_positions=64,
+        max_target_positions=64,
+        label_smoothing=0.1,
     )
     a.update(over)
     return argparse.Namespace(**a)
 
 
-def ragged_batch(d: Dictionary, lengths=((5, 4), (3, 6), (7, 2)), seed: int = 0, select=None):
+def ragged_batch(
+    d: Dictionary, lengths=((5, 4), (3, 6), (7, 2)), seed: int = 0, select=None
+):
     """A B=3 batch with ragged source/target lengths (each ends with </s>); ``select``
     keeps only those sentences (same content as in the full batch)."""
     g = np.random.RandomState(seed)
@@ -75,7 +96,11 @@ def toy_corpus(tmp_path):
         s = [g.choice(src_words) for _ in range(n)]
         lines_s.append(" ".join(s))
         lines_t.append(" ".join("t" + w[1:] for w in reversed(s)))
-    for split, sl in (("train", slice(0, 48)), ("valid", slice(48, 54)), ("test", slice(54, 60))):
+    for split, sl in (
+        ("train", slice(0, 48)),
+        ("valid", slice(48, 54)),
+        ("test", slice(54, 60)),
+    ):
         (tmp_path / f"{split}.src").write_text("\n".join(lines_s[sl]) + "\n")
         (tmp_path / f"{split}.tgt").write_text("\n".join(lines_t[sl]) + "\n")
     return tmp_path

@@ -1,4 +1,5 @@
 """nmt-sd-ablate: grid parsing, statistics, and a 2 x 2 grid end to end (rerun, resume, kill)."""
+
 import csv
 import json
 import os
@@ -11,8 +12,14 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from nmt_sd.ablation.grid import Grid, Variant, drop_options, grid_from_config, parse_variant_arg
-from nmt_sd.ablation.grid import TestSet as TSet
+from nmt_sd.ablation.grid import (
+    Grid,
+    TestSet as TSet,
+    Variant,
+    drop_options,
+    grid_from_config,
+    parse_variant_arg,
+)
 from nmt_sd.ablation.stats import bleu_metric, mean_sd, paired_bootstrap, sentence_stats
 from nmt_sd.cli import ablate, train
 from nmt_sd.errors import NmtSdError
@@ -30,22 +37,75 @@ def test_drop_options_removes_flags_with_their_values():
 
 
 def test_variant_flags_follow_the_base_minus_removed():
-    g = Grid("d", ["--lr", "1e-3", "--bf16"], [Variant("a"), Variant("b", ["--lr", "5e-4"], ["--bf16"])], [1],
-             [TSet("t", "ref")])
-    assert g.train_flags(g.variant("b")) == ["--lr", "1e-3", "--lr", "5e-4"] and g.baseline == "a"
-    assert parse_variant_arg("rd=--criterion rdrop --rdrop-alpha 5") == Variant("rd", ["--criterion", "rdrop",
-                                                                                     "--rdrop-alpha", "5"])
+    g = Grid(
+        "d",
+        ["--lr", "1e-3", "--bf16"],
+        [Variant("a"), Variant("b", ["--lr", "5e-4"], ["--bf16"])],
+        [1],
+        [TSet("t", "ref")],
+    )
+    assert (
+        g.train_flags(g.variant("b")) == ["--lr", "1e-3", "--lr", "5e-4"]
+        and g.baseline == "a"
+    )
+    assert parse_variant_arg("rd=--criterion rdrop --rdrop-alpha 5") == Variant(
+        "rd", ["--criterion", "rdrop", "--rdrop-alpha", "5"]
+    )
 
 
-@pytest.mark.parametrize("cfg,msg", [
-    ({"data": "d", "variant": [{"name": "a"}, {"name": "a"}], "test": [{"reference": "r"}]}, "repeated"),
-    ({"data": "d", "variant": [{"name": "a b"}], "test": [{"reference": "r"}]}, "variant name"),
-    ({"data": "d", "variant": [{"name": "a"}], "test": [{"reference": "r"}], "baseline": "z"}, "--baseline"),
-    ({"data": "d", "variant": [{"name": "a", "flags": "--seed 3"}], "test": [{"reference": "r"}]}, "--seed"),
-    ({"data": "d", "variant": [{"name": "a"}], "test": [{"reference": "r"}], "checkpoint": "avg"}, "--checkpoint"),
-    ({"data": "d", "variant": [{"name": "a"}], "test": [{"reference": "r"}], "sedes": [1]}, "unknown key"),
-    ({"data": "d", "variant": [{"name": "a"}]}, "no test set"),
-])
+@pytest.mark.parametrize(
+    "cfg,msg",
+    [
+        (
+            {
+                "data": "d",
+                "variant": [{"name": "a"}, {"name": "a"}],
+                "test": [{"reference": "r"}],
+            },
+            "repeated",
+        ),
+        (
+            {"data": "d", "variant": [{"name": "a b"}], "test": [{"reference": "r"}]},
+            "variant name",
+        ),
+        (
+            {
+                "data": "d",
+                "variant": [{"name": "a"}],
+                "test": [{"reference": "r"}],
+                "baseline": "z",
+            },
+            "--baseline",
+        ),
+        (
+            {
+                "data": "d",
+                "variant": [{"name": "a", "flags": "--seed 3"}],
+                "test": [{"reference": "r"}],
+            },
+            "--seed",
+        ),
+        (
+            {
+                "data": "d",
+                "variant": [{"name": "a"}],
+                "test": [{"reference": "r"}],
+                "checkpoint": "avg",
+            },
+            "--checkpoint",
+        ),
+        (
+            {
+                "data": "d",
+                "variant": [{"name": "a"}],
+                "test": [{"reference": "r"}],
+                "sedes": [1],
+            },
+            "unknown key",
+        ),
+        ({"data": "d", "variant": [{"name": "a"}]}, "no test set"),
+    ],
+)
 def test_bad_grids_are_refused_with_a_clear_message(cfg, msg):
     with pytest.raises(NmtSdError, match=msg):
         grid_from_config(cfg, "g.toml")
@@ -65,8 +125,10 @@ def _toy_systems():
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(30)]
     refs = [" ".join(rng.choice(words, size=8)) for _ in range(200)]
-    good = [r if i % 10 else r.split(" ", 1)[1] for i, r in enumerate(refs)]  # 90% exact copies
-    bad = [" ".join(r.split()[:4] + list(rng.choice(words, size=4))) for r in refs]  # half of each line wrong
+    # 90% exact copies
+    good = [r if i % 10 else r.split(" ", 1)[1] for i, r in enumerate(refs)]
+    # half of each line wrong
+    bad = [" ".join(r.split()[:4] + list(rng.choice(words, size=4))) for r in refs]
     return refs, good, bad
 
 
@@ -81,23 +143,54 @@ def test_paired_bootstrap_identical_systems_p_is_one():
 def test_paired_bootstrap_clearly_better_system_has_small_p():
     refs, good, bad = _toy_systems()
     m = bleu_metric()
-    res = paired_bootstrap(m, [sentence_stats(m, good, refs)], [sentence_stats(m, bad, refs)], n_samples=200)
+    res = paired_bootstrap(
+        m,
+        [sentence_stats(m, good, refs)],
+        [sentence_stats(m, bad, refs)],
+        n_samples=200,
+    )
     assert res["delta"] > 20 and res["p"] < 0.01 and res["ci_low"] > 0
     # seeds pooled: the delta is the difference of the seeds' mean corpus BLEU
-    two = paired_bootstrap(m, [sentence_stats(m, good, refs)] * 2, [sentence_stats(m, bad, refs)] * 2, n_samples=50)
+    two = paired_bootstrap(
+        m,
+        [sentence_stats(m, good, refs)] * 2,
+        [sentence_stats(m, bad, refs)] * 2,
+        n_samples=50,
+    )
     assert two["delta"] == pytest.approx(res["delta"])
 
 
 # ------------------------------------------------------------------ end to end
 
-GRID_ARGS = ["--variant", "base=", "--variant", "drop0=--dropout 0.0", "--seeds", "1", "2", "--checkpoint", "last",
-             "--generate-flags", "--beam 2 --batch-size 8", "--bootstrap-samples", "50"]
+GRID_ARGS = [
+    "--variant",
+    "base=",
+    "--variant",
+    "drop0=--dropout 0.0",
+    "--seeds",
+    "1",
+    "2",
+    "--checkpoint",
+    "last",
+    "--generate-flags",
+    "--beam 2 --batch-size 8",
+    "--bootstrap-samples",
+    "50",
+]
 
 
 def grid_argv(data, corpus, root, max_epoch=2):
     base = " ".join(TINY) + f" --max-epoch {max_epoch} --no-epoch-checkpoints"
-    return [str(data), "--base-flags", base, *GRID_ARGS, "--reference", str(corpus / "test.tgt"),
-            "--save-root", str(root)]
+    return [
+        str(data),
+        "--base-flags",
+        base,
+        *GRID_ARGS,
+        "--reference",
+        str(corpus / "test.tgt"),
+        "--save-root",
+        str(root),
+    ]
 
 
 def commands_run(root):
@@ -106,7 +199,9 @@ def commands_run(root):
     for dirpath, _, files in os.walk(root):
         for f in files:
             if f in ("train.log", "eval.log"):
-                n += sum(line.startswith("$ ") for line in open(os.path.join(dirpath, f)))
+                n += sum(
+                    line.startswith("$ ") for line in open(os.path.join(dirpath, f))
+                )
     return n
 
 
@@ -114,18 +209,35 @@ def test_grid_end_to_end_and_rerun_skips_finished_runs(toy_corpus, tmp_path, cap
     data = binarize(toy_corpus, tmp_path / "bin")
     root = tmp_path / "abl"
     ablate.main(grid_argv(data, toy_corpus, root))
-    for name in ("report.md", "results_test.csv", "runs.csv", "valid_loss.png", "bleu_delta.png"):
+    for name in (
+        "report.md",
+        "results_test.csv",
+        "runs.csv",
+        "valid_loss.png",
+        "bleu_delta.png",
+    ):
         assert (root / name).exists(), name
     rows = list(csv.DictReader(open(root / "results_test.csv")))
-    assert [r["variant"] for r in rows] == ["base", "drop0"] and all(r["seeds"] == "2" for r in rows)
+    assert [r["variant"] for r in rows] == ["base", "drop0"] and all(
+        r["seeds"] == "2" for r in rows
+    )
     runs = list(csv.DictReader(open(root / "runs.csv")))
     for r in rows:  # mean and sd agree with the per-run scores
         bleus = [float(x["bleu"]) for x in runs if x["variant"] == r["variant"]]
         assert float(r["bleu_mean"]) == pytest.approx(sum(bleus) / 2, abs=1e-6)
-        assert float(r["bleu_sd"]) == pytest.approx(abs(bleus[0] - bleus[1]) / 2 ** 0.5, abs=1e-6)
-    assert rows[0]["delta"] == "0.0" and 0 < float(rows[1]["p"]) <= 1 and float(rows[1]["step_ratio"]) > 0
+        assert float(r["bleu_sd"]) == pytest.approx(
+            abs(bleus[0] - bleus[1]) / 2**0.5, abs=1e-6
+        )
+    assert (
+        rows[0]["delta"] == "0.0"
+        and 0 < float(rows[1]["p"]) <= 1
+        and float(rows[1]["step_ratio"]) > 0
+    )
     report = (root / "report.md").read_text()
-    assert "sacreBLEU signature: `nrefs:1" in report and "| **base** (baseline) | 2 |" in report
+    assert (
+        "sacreBLEU signature: `nrefs:1" in report
+        and "| **base** (baseline) | 2 |" in report
+    )
     hours = sum(float(x["train_seconds"]) for x in runs) / 3600
     assert f"Training: {hours:.2f} core-hours over 4 runs" in report
     n = commands_run(root)
@@ -138,7 +250,9 @@ def test_grid_end_to_end_and_rerun_skips_finished_runs(toy_corpus, tmp_path, cap
         (root / name).unlink()
     with mock.patch.dict(sys.modules, {"matplotlib": None}):
         ablate.main(grid_argv(data, toy_corpus, root) + ["--report-only"])
-    assert "Plots skipped: matplotlib is not installed" in (root / "report.md").read_text()
+    assert (
+        "Plots skipped: matplotlib is not installed" in (root / "report.md").read_text()
+    )
     assert not (root / "valid_loss.png").exists() and commands_run(root) == n
 
 
@@ -146,11 +260,41 @@ def test_interrupted_run_resumes_from_its_checkpoint(toy_corpus, tmp_path):
     data = binarize(toy_corpus, tmp_path / "bin")
     root = tmp_path / "abl"
     # a run stopped after epoch 1: checkpoint_last.pt but no train.done marker
-    train.main([str(data), *TINY, "--max-epoch", "1", "--no-epoch-checkpoints", "--seed", "1",
-                "--save-dir", str(root / "base" / "seed1")])
-    ablate.main(grid_argv(data, toy_corpus, root)[:3] + ["--variant", "base=", "--seeds", "1", "--checkpoint", "last",
-                "--generate-flags", "--beam 2", "--reference", str(toy_corpus / "test.tgt"), "--save-root", str(root)])
-    valid = [json.loads(x) for x in open(root / "base" / "seed1" / "metrics.jsonl") if '"valid"' in x]
+    train.main(
+        [
+            str(data),
+            *TINY,
+            "--max-epoch",
+            "1",
+            "--no-epoch-checkpoints",
+            "--seed",
+            "1",
+            "--save-dir",
+            str(root / "base" / "seed1"),
+        ]
+    )
+    ablate.main(
+        grid_argv(data, toy_corpus, root)[:3]
+        + [
+            "--variant",
+            "base=",
+            "--seeds",
+            "1",
+            "--checkpoint",
+            "last",
+            "--generate-flags",
+            "--beam 2",
+            "--reference",
+            str(toy_corpus / "test.tgt"),
+            "--save-root",
+            str(root),
+        ]
+    )
+    valid = [
+        json.loads(x)
+        for x in open(root / "base" / "seed1" / "metrics.jsonl")
+        if '"valid"' in x
+    ]
     assert [v["epoch"] for v in valid] == [1, 2]  # epoch 1 was not trained again
     assert (root / "base" / "seed1" / "train.done").exists()
 
@@ -160,7 +304,9 @@ def test_killed_grid_finishes_when_rerun(toy_corpus, tmp_path):
     root = tmp_path / "abl"
     argv = grid_argv(data, toy_corpus, root, max_epoch=4)
     cmd = [sys.executable, "-m", "nmt_sd.cli.ablate", *argv]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     first = root / "base" / "seed1" / "checkpoint_last.pt"
     deadline = time.time() + 120
     while not first.exists() and time.time() < deadline and proc.poll() is None:
@@ -177,7 +323,17 @@ def test_killed_grid_finishes_when_rerun(toy_corpus, tmp_path):
 
 def test_bad_ablate_input_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        ablate.cli_main([str(tmp_path / "nope"), "--variant", "a=", "--reference", "r", "--save-root", str(tmp_path)])
+        ablate.cli_main(
+            [
+                str(tmp_path / "nope"),
+                "--variant",
+                "a=",
+                "--reference",
+                "r",
+                "--save-root",
+                str(tmp_path),
+            ]
+        )
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]

@@ -1,4 +1,5 @@
 """--cpu-allocator retain: glibc serves large tensors from the heap instead of fresh mmaps."""
+
 import json
 import subprocess
 import sys
@@ -24,18 +25,26 @@ x = torch.ones(12 * 2**20)  # 48 MB
 print(json.dumps({"mmapped": libc.mallinfo2().hblkhd - before}))
 """
 
-needs_glibc = pytest.mark.skipif(_glibc() is None or not hasattr(_glibc(), "mallinfo2"),
-                                 reason="needs glibc >= 2.33 (mallopt, mallinfo2)")
+needs_glibc = pytest.mark.skipif(
+    _glibc() is None or not hasattr(_glibc(), "mallinfo2"),
+    reason="needs glibc >= 2.33 (mallopt, mallinfo2)",
+)
 
 
 def mmapped_bytes(mode: str, device_type: str = "cpu") -> int:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode, device_type], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode, device_type],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["mmapped"]
 
 
 @needs_glibc
 def test_retain_serves_large_tensors_from_the_heap():
-    assert mmapped_bytes("system") >= 48 * 2**20  # glibc's default: a fresh mapping, faulted in page by page
+    # glibc's default: a fresh mapping, faulted in page by page
+    assert mmapped_bytes("system") >= 48 * 2**20
     assert mmapped_bytes("retain") == 0
 
 

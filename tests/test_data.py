@@ -11,7 +11,8 @@ from tests.conftest import ragged_batch, tiny_dict
 def test_dictionary_roundtrip(tmp_path):
     d = Dictionary.build(["a b c a", "b a"], padding_factor=8)
     assert [d[i] for i in range(4)] == ["<s>", "<pad>", "</s>", "<unk>"]
-    assert d.index("a") == 4 and d.index("b") == 5 and d.index("c") == 6  # by count desc
+    # by count desc
+    assert d.index("a") == 4 and d.index("b") == 5 and d.index("c") == 6
     assert len(d) % 8 == 0 and "<mask>" in d.indices
     d.save(tmp_path / "dict.txt")
     text = (tmp_path / "dict.txt").read_text().splitlines()
@@ -75,7 +76,9 @@ def test_batches_respect_max_tokens():
     assert sorted(int(i) for b in batches for i in b) == list(range(500))
     for b in batches:
         assert len(b) * max(ds.num_tokens(int(i)) for i in b) <= 200
-    mult = batch_by_size(ds.ordered_indices(), ds.num_tokens, 200, required_batch_size_multiple=8)
+    mult = batch_by_size(
+        ds.ordered_indices(), ds.num_tokens, 200, required_batch_size_multiple=8
+    )
     assert sum(len(b) % 8 != 0 for b in mult) <= 1 + sum(len(b) < 8 for b in mult)
 
 
@@ -83,7 +86,10 @@ def test_epoch_iterator_deterministic_and_resumable():
     src, tgt = _Sizes(np.arange(1, 41)), _Sizes(np.arange(1, 41))
     ds = LanguagePairDataset(src, tgt, pad=1, eos=2)
     batches = batch_by_size(ds.ordered_indices(), ds.num_tokens, max_tokens=60)
-    full = [b["id"].tolist() for b in EpochBatchIterator(ds, batches, seed=3, epoch=2).next_epoch_itr()]
+    full = [
+        b["id"].tolist()
+        for b in EpochBatchIterator(ds, batches, seed=3, epoch=2).next_epoch_itr()
+    ]
     it = EpochBatchIterator(ds, batches, seed=3, epoch=2)
     gen = it.next_epoch_itr()
     first = [next(gen)["id"].tolist() for _ in range(3)]
@@ -91,7 +97,13 @@ def test_epoch_iterator_deterministic_and_resumable():
     resumed.load_state_dict(it.state_dict())
     rest = [b["id"].tolist() for b in resumed.next_epoch_itr()]
     assert first + rest == full
-    other = [b["id"].tolist() for b in EpochBatchIterator(ds, batches, seed=3, epoch=3).next_epoch_itr()]
+    other = [
+        b["id"].tolist()
+        for b in EpochBatchIterator(ds, batches, seed=3, epoch=3).next_epoch_itr()
+    ]
     assert other != full  # a new epoch reshuffles
-    shards = [EpochBatchIterator(ds, batches, seed=3, num_shards=2, shard_id=k) for k in (0, 1)]
+    shards = [
+        EpochBatchIterator(ds, batches, seed=3, num_shards=2, shard_id=k)
+        for k in (0, 1)
+    ]
     assert len(shards[0]) == len(shards[1])

@@ -93,17 +93,22 @@ def test_read_wit3_tags_drops_metadata_lines(tmp_path):
 def test_download_refuses_a_web_page_and_keeps_no_file(tmp_path):
     from data_prep import download
 
-    page = tmp_path / "served" / "ted_talks.tar.gz"  # a dead address answering with HTML
+    # a dead address answering with HTML
+    page = tmp_path / "served" / "ted_talks.tar.gz"
     page.parent.mkdir()
-    page.write_text("\n  <!DOCTYPE html>\n<html><head><title>Graham Neubig</title></head></html>\n")
+    page.write_text(
+        "\n  <!DOCTYPE html>\n<html><head><title>Graham Neubig</title></head></html>\n"
+    )
     dest = tmp_path / "orig" / "ted_talks.tar.gz"
     dest.parent.mkdir()
     with pytest.raises(NmtSdError, match="returned a web page") as e:
         download(page.as_uri(), dest)
-    assert "\n" not in str(e.value) and not list(dest.parent.iterdir())  # no cache to trip a rerun
+    # no cache to trip a rerun
+    assert "\n" not in str(e.value) and not list(dest.parent.iterdir())
     archive = tmp_path / "served" / "ok.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(page, arcname="x.txt")  # an archive holding HTML text is still an archive
+        # an archive holding HTML text is still an archive
+        tar.add(page, arcname="x.txt")
     assert download(archive.as_uri(), tmp_path / "orig" / "ok.tar.gz").is_file()
 
 
@@ -329,9 +334,8 @@ def test_iwslt14_real_test_set(tmp_path):
         # Observed: 99.9% identical word sets (the rest: fairseq's double-escaped &amp;)
         assert sum(j == 1.0 for j in scores) >= 0.99 * len(scores)
         shifted = [jaccard(a, b) for a, b in zip(lines[1:], ref, strict=False)]
-        assert sum(j >= 0.5 for j in shifted) < 0.05 * len(
-            shifted
-        )  # the test has teeth
+        # the test has teeth
+        assert sum(j >= 0.5 for j in shifted) < 0.05 * len(shifted)
 
 
 def jaccard(ours: str, moses: str) -> float:

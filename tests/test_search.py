@@ -244,9 +244,8 @@ class ToyDecoder(nn.Module):
         if cache.hidden is None:
             mean = (enc.out * keep).sum(1) / keep.sum(1)  # (N, C)
             cache.hidden = torch.tanh(self.init_proj(mean))
-        h = self.cell(
-            self.embed_tokens(prev_output_tokens[:, -1]), cache.hidden
-        )  # (N, C)
+        # (N, C)
+        h = self.cell(self.embed_tokens(prev_output_tokens[:, -1]), cache.hidden)
         cache.hidden, cache.steps = h, cache.steps + 1
         scores = torch.einsum("nsc,nc->ns", enc.out, h).masked_fill(
             enc.padding_mask, -math.inf
@@ -402,9 +401,8 @@ def test_pad_never_generated_and_unk_penalty():
 def test_batch_shrinks_as_sentences_finish(beam):
     model = make_toy(bias={EOS: -30.0})  # every sentence ends at its own max length
     src, lens = ragged_batch(lengths=(2, 4, 6))
-    opts = dict(
-        max_len_a=1.0, max_len_b=0, **IDS
-    )  # max_len = src_len: forced </s> at step 2, 4, 6
+    # max_len = src_len: forced </s> at step 2, 4, 6
+    opts = dict(max_len_a=1.0, max_len_b=0, **IDS)
     for search in (beam_search, greedy_search):
         model.decoder.batch_sizes.clear()
         extra = {"beam": beam} if search is beam_search else {}

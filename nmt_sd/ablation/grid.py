@@ -25,6 +25,7 @@ A grid comes from a TOML file (``recipes/ablations/*.toml``) and/or the command 
 
 Relative paths are relative to the working directory.
 """
+
 import re
 import shlex
 import tomllib
@@ -40,8 +41,10 @@ CHECKPOINT_RE = re.compile(r"^(best|last|avg[1-9][0-9]*)$")
 @dataclass
 class Variant:
     name: str
-    flags: List[str] = field(default_factory=list)  # added after the base flags (so they win)
-    remove: List[str] = field(default_factory=list)  # base options dropped with their values
+    # added after the base flags (so they win)
+    flags: List[str] = field(default_factory=list)
+    # base options dropped with their values
+    remove: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -61,10 +64,14 @@ class Grid:
     tests: List[TestSet]
     baseline: str = ""
     checkpoint: str = "best"
-    generate: List[str] = field(default_factory=lambda: ["--beam", "5", "--lenpen", "1.0"])
+    generate: List[str] = field(
+        default_factory=lambda: ["--beam", "5", "--lenpen", "1.0"]
+    )
 
     def __post_init__(self):
-        self.baseline = self.baseline or (self.variants[0].name if self.variants else "")
+        self.baseline = self.baseline or (
+            self.variants[0].name if self.variants else ""
+        )
         validate(self)
 
     def variant(self, name: str) -> Variant:
@@ -92,29 +99,39 @@ def drop_options(argv: List[str], options: List[str]) -> List[str]:
 
 def validate(grid: Grid) -> None:
     if not grid.variants:
-        raise NmtSdError("the grid has no variants (give [[variant]] entries or --variant NAME=FLAGS)")
+        raise NmtSdError(
+            "the grid has no variants (give [[variant]] entries or --variant NAME=FLAGS)"
+        )
     names = [v.name for v in grid.variants]
     for name in names:
         if not NAME_RE.match(name):
-            raise NmtSdError(f"variant name {name!r}: use letters, digits and _.+- (it names a directory)")
+            raise NmtSdError(
+                f"variant name {name!r}: use letters, digits and _.+- (it names a directory)"
+            )
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise NmtSdError(f"variant names repeated: {', '.join(dup)}")
     if grid.baseline not in names:
-        raise NmtSdError(f"--baseline {grid.baseline!r} is not a variant ({', '.join(names)})")
+        raise NmtSdError(
+            f"--baseline {grid.baseline!r} is not a variant ({', '.join(names)})"
+        )
     if not grid.seeds or len(set(grid.seeds)) != len(grid.seeds):
         raise NmtSdError(f"--seeds must be distinct integers, got {grid.seeds}")
     if not CHECKPOINT_RE.match(grid.checkpoint):
         raise NmtSdError(f"--checkpoint {grid.checkpoint!r}: use best, last or avgN")
     if not grid.tests:
-        raise NmtSdError("the grid has no test set (give [[test]] entries or --reference)")
+        raise NmtSdError(
+            "the grid has no test set (give [[test]] entries or --reference)"
+        )
     tnames = [t.name for t in grid.tests]
     if len(set(tnames)) != len(tnames) or not all(NAME_RE.match(n) for n in tnames):
         raise NmtSdError(f"test set names must be distinct words, got {tnames}")
     for v in grid.variants:
         for opt in ("--seed", "--save-dir"):
             if opt in v.flags or opt in grid.base:
-                raise NmtSdError(f"variant {v.name!r}: {opt} is set by nmt-sd-ablate, remove it from the flags")
+                raise NmtSdError(
+                    f"variant {v.name!r}: {opt} is set by nmt-sd-ablate, remove it from the flags"
+                )
 
 
 def split_flags(value, where: str) -> List[str]:
@@ -123,7 +140,9 @@ def split_flags(value, where: str) -> List[str]:
     if isinstance(value, list):
         return [str(x) for x in value]
     if not isinstance(value, str):
-        raise NmtSdError(f"{where}: expected a string of flags, got {type(value).__name__}")
+        raise NmtSdError(
+            f"{where}: expected a string of flags, got {type(value).__name__}"
+        )
     try:
         return shlex.split(value)
     except ValueError as e:
@@ -146,7 +165,16 @@ def load_toml(path: str) -> dict:
         raise NmtSdError(f"--config {path}: {e}")
 
 
-KNOWN_KEYS = {"data", "base", "seeds", "baseline", "checkpoint", "generate", "variant", "test"}
+KNOWN_KEYS = {
+    "data",
+    "base",
+    "seeds",
+    "baseline",
+    "checkpoint",
+    "generate",
+    "variant",
+    "test",
+}
 
 
 def grid_from_config(cfg: dict, path: str, over: Optional[dict] = None) -> Grid:
@@ -154,16 +182,32 @@ def grid_from_config(cfg: dict, path: str, over: Optional[dict] = None) -> Grid:
     (None values are ignored; ``variants`` and ``tests`` are appended)."""
     unknown = sorted(set(cfg) - KNOWN_KEYS)
     if unknown:
-        raise NmtSdError(f"--config {path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})")
+        raise NmtSdError(
+            f"--config {path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN_KEYS))})"
+        )
     over = {k: v for k, v in (over or {}).items() if v is not None}
-    variants = [Variant(str(v.get("name", "")), split_flags(v.get("flags"), f"{path}: variant {v.get('name')}"),
-                        [str(x) for x in v.get("remove", [])]) for v in cfg.get("variant", [])]
+    variants = [
+        Variant(
+            str(v.get("name", "")),
+            split_flags(v.get("flags"), f"{path}: variant {v.get('name')}"),
+            [str(x) for x in v.get("remove", [])],
+        )
+        for v in cfg.get("variant", [])
+    ]
     tests = []
     for t in cfg.get("test", []):
         if "reference" not in t:
-            raise NmtSdError(f"--config {path}: test {t.get('name', '?')!r} has no reference")
-        tests.append(TestSet(str(t.get("name", t.get("subset", "test"))), str(t["reference"]),
-                             str(t.get("subset", "test")), split_flags(t.get("flags"), f"{path}: test {t.get('name')}")))
+            raise NmtSdError(
+                f"--config {path}: test {t.get('name', '?')!r} has no reference"
+            )
+        tests.append(
+            TestSet(
+                str(t.get("name", t.get("subset", "test"))),
+                str(t["reference"]),
+                str(t.get("subset", "test")),
+                split_flags(t.get("flags"), f"{path}: test {t.get('name')}"),
+            )
+        )
     data = over.get("data", cfg.get("data"))
     if not data:
         raise NmtSdError("no data directory: give DATA or data = ... in --config")
@@ -175,5 +219,9 @@ def grid_from_config(cfg: dict, path: str, over: Optional[dict] = None) -> Grid:
         tests=tests + over.get("tests", []),
         baseline=over.get("baseline", cfg.get("baseline", "")),
         checkpoint=over.get("checkpoint", cfg.get("checkpoint", "best")),
-        generate=over.get("generate", split_flags(cfg.get("generate"), f"{path}: generate") or ["--beam", "5", "--lenpen", "1.0"]),
+        generate=over.get(
+            "generate",
+            split_flags(cfg.get("generate"), f"{path}: generate")
+            or ["--beam", "5", "--lenpen", "1.0"],
+        ),
     )

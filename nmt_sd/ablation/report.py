@@ -1,5 +1,6 @@
 """The ablation report: a Markdown table and a CSV per test set, a per-run CSV, and PNG
 plots (validation loss curves of every variant, BLEU differences to the baseline)."""
+
 import csv
 import datetime
 import math
@@ -7,11 +8,20 @@ import os
 from typing import Dict, List
 
 from nmt_sd.ablation.grid import Grid
-from nmt_sd.ablation.stats import bleu_metric, format_p, mean_sd, paired_bootstrap, paired_seeds, sentence_stats
+from nmt_sd.ablation.stats import (
+    bleu_metric,
+    format_p,
+    mean_sd,
+    paired_bootstrap,
+    paired_seeds,
+    sentence_stats,
+)
 from nmt_sd.cli.common import read_lines
 
 
-def summarise(grid: Grid, results: Dict[str, Dict[int, dict]], n_samples: int) -> Dict[str, List[dict]]:
+def summarise(
+    grid: Grid, results: Dict[str, Dict[int, dict]], n_samples: int
+) -> Dict[str, List[dict]]:
     """Per test set, one row per variant (seeds that finished only).
 
     Args:
@@ -19,7 +29,13 @@ def summarise(grid: Grid, results: Dict[str, Dict[int, dict]], n_samples: int) -
     """
     metric = bleu_metric()
     base = results.get(grid.baseline, {})
-    base_spu = mean_sd([r["train"]["seconds_per_update"] for r in base.values() if r["train"]["seconds_per_update"]])[0]
+    base_spu = mean_sd(
+        [
+            r["train"]["seconds_per_update"]
+            for r in base.values()
+            if r["train"]["seconds_per_update"]
+        ]
+    )[0]
     tables = {}
     for test in grid.tests:
         refs = read_lines(test.reference, f"test {test.name} reference")
@@ -28,7 +44,10 @@ def summarise(grid: Grid, results: Dict[str, Dict[int, dict]], n_samples: int) -
         def stats(variant, seed):
             key = (variant, seed)
             if key not in stats_cache:
-                hyps = read_lines(results[variant][seed]["scores"][test.name]["hyp_file"], "hypotheses")
+                hyps = read_lines(
+                    results[variant][seed]["scores"][test.name]["hyp_file"],
+                    "hypotheses",
+                )
                 stats_cache[key] = sentence_stats(metric, hyps, refs)
             return stats_cache[key]
 
@@ -39,20 +58,59 @@ def summarise(grid: Grid, results: Dict[str, Dict[int, dict]], n_samples: int) -
                 continue
             bleu = mean_sd([r["scores"][test.name]["bleu"] for r in runs.values()])
             chrf = mean_sd([r["scores"][test.name]["chrf"] for r in runs.values()])
-            spu = mean_sd([r["train"]["seconds_per_update"] for r in runs.values() if r["train"]["seconds_per_update"]])[0]
-            row = {"variant": v.name, "seeds": len(runs), "bleu_mean": bleu[0], "bleu_sd": bleu[1],
-                   "chrf_mean": chrf[0], "chrf_sd": chrf[1],
-                   "train_minutes": mean_sd([r["train"]["train_seconds"] / 60 for r in runs.values()])[0],
-                   "updates": max(r["train"]["updates"] for r in runs.values()),
-                   "step_ratio": spu / base_spu if base_spu and spu and not math.isnan(base_spu) else math.nan,
-                   "params": next((r["train"]["params"] for r in runs.values() if r["train"]["params"]), None),
-                   "delta": math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-                   "signature": next(iter(runs.values()))["scores"][test.name]["bleu_signature"]}
+            spu = mean_sd(
+                [
+                    r["train"]["seconds_per_update"]
+                    for r in runs.values()
+                    if r["train"]["seconds_per_update"]
+                ]
+            )[0]
+            row = {
+                "variant": v.name,
+                "seeds": len(runs),
+                "bleu_mean": bleu[0],
+                "bleu_sd": bleu[1],
+                "chrf_mean": chrf[0],
+                "chrf_sd": chrf[1],
+                "train_minutes": mean_sd(
+                    [r["train"]["train_seconds"] / 60 for r in runs.values()]
+                )[0],
+                "updates": max(r["train"]["updates"] for r in runs.values()),
+                "step_ratio": (
+                    spu / base_spu
+                    if base_spu and spu and not math.isnan(base_spu)
+                    else math.nan
+                ),
+                "params": next(
+                    (
+                        r["train"]["params"]
+                        for r in runs.values()
+                        if r["train"]["params"]
+                    ),
+                    None,
+                ),
+                "delta": math.nan,
+                "p": math.nan,
+                "ci_low": math.nan,
+                "ci_high": math.nan,
+                "signature": next(iter(runs.values()))["scores"][test.name][
+                    "bleu_signature"
+                ],
+            }
             seeds = paired_seeds(runs, base)
             if v.name != grid.baseline and seeds:
-                test_res = paired_bootstrap(metric, [stats(v.name, s) for s in seeds],
-                                            [stats(grid.baseline, s) for s in seeds], n_samples)
-                row.update(delta=test_res["delta"], p=test_res["p"], ci_low=test_res["ci_low"], ci_high=test_res["ci_high"])
+                test_res = paired_bootstrap(
+                    metric,
+                    [stats(v.name, s) for s in seeds],
+                    [stats(grid.baseline, s) for s in seeds],
+                    n_samples,
+                )
+                row.update(
+                    delta=test_res["delta"],
+                    p=test_res["p"],
+                    ci_low=test_res["ci_low"],
+                    ci_high=test_res["ci_high"],
+                )
             elif v.name == grid.baseline:
                 row.update(delta=0.0)
             rows.append(row)
@@ -61,25 +119,50 @@ def summarise(grid: Grid, results: Dict[str, Dict[int, dict]], n_samples: int) -
 
 
 def _f(x, fmt="{:.2f}"):
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+    return (
+        "" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+    )
 
 
 def markdown_table(rows: List[dict], baseline: str) -> str:
-    head = ("| variant | seeds | BLEU | chrF2 | ΔBLEU | p | train min | step ratio | params |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    head = (
+        "| variant | seeds | BLEU | chrF2 | ΔBLEU | p | train min | step ratio | params |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
     lines = []
     for r in rows:
-        name = f"**{r['variant']}** (baseline)" if r["variant"] == baseline else r["variant"]
+        name = (
+            f"**{r['variant']}** (baseline)"
+            if r["variant"] == baseline
+            else r["variant"]
+        )
         delta = "" if r["variant"] == baseline else _f(r["delta"], "{:+.2f}")
-        lines.append(f"| {name} | {r['seeds']} | {_f(r['bleu_mean'])} ± {_f(r['bleu_sd'])} | "
-                     f"{_f(r['chrf_mean'])} ± {_f(r['chrf_sd'])} | {delta} | {format_p(r['p'])} | "
-                     f"{_f(r['train_minutes'], '{:.1f}')} | {_f(r['step_ratio'])} | "
-                     f"{_f(r['params'] / 1e6 if r['params'] else None, '{:.2f}M')} |")
+        lines.append(
+            f"| {name} | {r['seeds']} | {_f(r['bleu_mean'])} ± {_f(r['bleu_sd'])} | "
+            f"{_f(r['chrf_mean'])} ± {_f(r['chrf_sd'])} | {delta} | {format_p(r['p'])} | "
+            f"{_f(r['train_minutes'], '{:.1f}')} | {_f(r['step_ratio'])} | "
+            f"{_f(r['params'] / 1e6 if r['params'] else None, '{:.2f}M')} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ["variant", "seeds", "bleu_mean", "bleu_sd", "chrf_mean", "chrf_sd", "delta", "p", "ci_low", "ci_high",
-              "train_minutes", "updates", "step_ratio", "params", "signature"]
+CSV_FIELDS = [
+    "variant",
+    "seeds",
+    "bleu_mean",
+    "bleu_sd",
+    "chrf_mean",
+    "chrf_sd",
+    "delta",
+    "p",
+    "ci_low",
+    "ci_high",
+    "train_minutes",
+    "updates",
+    "step_ratio",
+    "params",
+    "signature",
+]
 
 
 def write_csv(path: str, rows: List[dict], fields: List[str]) -> None:
@@ -95,9 +178,19 @@ def cell_rows(grid: Grid, results: Dict[str, Dict[int, dict]]) -> List[dict]:
         for seed, r in sorted(results.get(v.name, {}).items()):
             for test in grid.tests:
                 s = r["scores"][test.name]
-                rows.append({"variant": v.name, "seed": seed, "test": test.name, "bleu": s["bleu"], "chrf": s["chrf"],
-                             "updates": r["train"]["updates"], "train_seconds": r["train"]["train_seconds"],
-                             "seconds_per_update": r["train"]["seconds_per_update"], "params": r["train"]["params"]})
+                rows.append(
+                    {
+                        "variant": v.name,
+                        "seed": seed,
+                        "test": test.name,
+                        "bleu": s["bleu"],
+                        "chrf": s["chrf"],
+                        "updates": r["train"]["updates"],
+                        "train_seconds": r["train"]["train_seconds"],
+                        "seconds_per_update": r["train"]["seconds_per_update"],
+                        "params": r["train"]["params"],
+                    }
+                )
     return rows
 
 
@@ -120,16 +213,27 @@ def plot_curves(grid: Grid, results, path: str) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
     for v in grid.variants:
-        curves = [r["train"]["valid_curve"] for r in results.get(v.name, {}).values() if r["train"]["valid_curve"]]
+        curves = [
+            r["train"]["valid_curve"]
+            for r in results.get(v.name, {}).values()
+            if r["train"]["valid_curve"]
+        ]
         if not curves:
             continue
         steps = sorted(set.intersection(*[{u for u, _, _ in c} for c in curves]))
         if not steps:
             continue
         vals = [[dict((u, l) for u, l, _ in c)[s] for c in curves] for s in steps]
-        ax.plot(steps, [sum(x) / len(x) for x in vals], label=v.name, lw=2 if v.name == grid.baseline else 1.4)
+        ax.plot(
+            steps,
+            [sum(x) / len(x) for x in vals],
+            label=v.name,
+            lw=2 if v.name == grid.baseline else 1.4,
+        )
         if len(curves) > 1:
-            ax.fill_between(steps, [min(x) for x in vals], [max(x) for x in vals], alpha=0.15)
+            ax.fill_between(
+                steps, [min(x) for x in vals], [max(x) for x in vals], alpha=0.15
+            )
         drawn = True
     if drawn:
         ax.set_xlabel("updates")
@@ -182,38 +286,66 @@ def plot_deltas(grid: Grid, tables: Dict[str, List[dict]], path: str) -> bool:
     return True
 
 
-def write_report(grid: Grid, results, out_dir: str, n_samples: int, command: str, title: str) -> str:
+def write_report(
+    grid: Grid, results, out_dir: str, n_samples: int, command: str, title: str
+) -> str:
     """Writes report.md, results_TEST.csv, runs.csv and the plots; returns report.md's path."""
     os.makedirs(out_dir, exist_ok=True)
     tables = summarise(grid, results, n_samples)
-    write_csv(os.path.join(out_dir, "runs.csv"), cell_rows(grid, results),
-              ["variant", "seed", "test", "bleu", "chrf", "updates", "train_seconds", "seconds_per_update", "params"])
+    write_csv(
+        os.path.join(out_dir, "runs.csv"),
+        cell_rows(grid, results),
+        [
+            "variant",
+            "seed",
+            "test",
+            "bleu",
+            "chrf",
+            "updates",
+            "train_seconds",
+            "seconds_per_update",
+            "params",
+        ],
+    )
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    md = [f"# {title}\n", f"Made {date} with:\n", f"    {command}\n",
-          f"Data `{grid.data}`; base flags `{' '.join(grid.base)}`; seeds {grid.seeds}; "
-          f"checkpoint `{grid.checkpoint}`; generation `{' '.join(grid.generate)}`.\n",
-          "Variants:\n"]
+    md = [
+        f"# {title}\n",
+        f"Made {date} with:\n",
+        f"    {command}\n",
+        f"Data `{grid.data}`; base flags `{' '.join(grid.base)}`; seeds {grid.seeds}; "
+        f"checkpoint `{grid.checkpoint}`; generation `{' '.join(grid.generate)}`.\n",
+        "Variants:\n",
+    ]
     for v in grid.variants:
         extra = " ".join(v.flags) or "(base flags only)"
         removed = f"; removes `{' '.join(v.remove)}`" if v.remove else ""
         md.append(f"- `{v.name}`: `{extra}`{removed}")
     runs = [r["train"] for by_seed in results.values() for r in by_seed.values()]
-    md.append(f"\nTraining: {sum(t['train_seconds'] for t in runs) / 3600:.2f} core-hours over {len(runs)} runs "
-              "(the sum of the runs' own training times; wall time also depends on `--jobs` and test decoding).\n")
+    md.append(
+        f"\nTraining: {sum(t['train_seconds'] for t in runs) / 3600:.2f} core-hours over {len(runs)} runs "
+        "(the sum of the runs' own training times; wall time also depends on `--jobs` and test decoding).\n"
+    )
     for test in grid.tests:
         rows = tables[test.name]
         write_csv(os.path.join(out_dir, f"results_{test.name}.csv"), rows, CSV_FIELDS)
-        md += [f"## {test.name} (`{test.subset}`, reference `{test.reference}`)\n", markdown_table(rows, grid.baseline)]
+        md += [
+            f"## {test.name} (`{test.subset}`, reference `{test.reference}`)\n",
+            markdown_table(rows, grid.baseline),
+        ]
         sig = rows[0]["signature"] if rows else ""
-        md.append(f"BLEU ± sample sd over seeds. p: paired bootstrap resampling vs `{grid.baseline}` "
-                  f"({n_samples} resamples of the test sentences, each system scored as the mean over its "
-                  f"seeds' corpus BLEU, seeds paired). Step ratio: mean seconds per update / the baseline's, "
-                  f"from the runs' own logs. sacreBLEU signature: `{sig}`\n")
+        md.append(
+            f"BLEU ± sample sd over seeds. p: paired bootstrap resampling vs `{grid.baseline}` "
+            f"({n_samples} resamples of the test sentences, each system scored as the mean over its "
+            f"seeds' corpus BLEU, seeds paired). Step ratio: mean seconds per update / the baseline's, "
+            f"from the runs' own logs. sacreBLEU signature: `{sig}`\n"
+        )
     if len(grid.tests) > 1:
         md += ["## All test sets (mean BLEU)\n", multi_table(grid, tables)]
     if not has_matplotlib():
-        md.append("Plots skipped: matplotlib is not installed (`pip install matplotlib`, or the package's "
-                  "`[plots]` extra, then rerun with `--report-only`).\n")
+        md.append(
+            "Plots skipped: matplotlib is not installed (`pip install matplotlib`, or the package's "
+            "`[plots]` extra, then rerun with `--report-only`).\n"
+        )
         print("nmt-sd-ablate: plots skipped: matplotlib is not installed")
     else:
         if plot_curves(grid, results, os.path.join(out_dir, "valid_loss.png")):
@@ -228,10 +360,25 @@ def write_report(grid: Grid, results, out_dir: str, n_samples: int, command: str
 
 def multi_table(grid: Grid, tables: Dict[str, List[dict]]) -> str:
     tests = list(tables)
-    head = "| variant | " + " | ".join(tests) + " | average |\n|---|" + "---:|" * (len(tests) + 1) + "\n"
+    head = (
+        "| variant | "
+        + " | ".join(tests)
+        + " | average |\n|---|"
+        + "---:|" * (len(tests) + 1)
+        + "\n"
+    )
     lines = []
     for v in grid.variants:
-        vals = [next((r["bleu_mean"] for r in tables[t] if r["variant"] == v.name), math.nan) for t in tests]
-        avg = sum(vals) / len(vals) if not any(math.isnan(x) for x in vals) else math.nan
-        lines.append(f"| {v.name} | " + " | ".join(_f(x) for x in vals) + f" | {_f(avg)} |")
+        vals = [
+            next(
+                (r["bleu_mean"] for r in tables[t] if r["variant"] == v.name), math.nan
+            )
+            for t in tests
+        ]
+        avg = (
+            sum(vals) / len(vals) if not any(math.isnan(x) for x in vals) else math.nan
+        )
+        lines.append(
+            f"| {v.name} | " + " | ".join(_f(x) for x in vals) + f" | {_f(avg)} |"
+        )
     return head + "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ should.) With several seeds a system's score in a
 resample is the mean over seeds of each seed's corpus BLEU on the same sentences, so the
 resampling unit is the test sentence and seed variance stays in the statistic.
 """
+
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -41,11 +42,17 @@ def sentence_stats(metric, hyps: List[str], refs: List[str]) -> np.ndarray:
 def corpus_scores(metric, stats: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Corpus scores of each resample: stats (N, S), idx (R, N) -> (R,)."""
     summed = stats[idx].sum(axis=1)  # (R, S)
-    return np.array([metric._compute_score_from_stats(list(row)).score for row in summed])
+    return np.array(
+        [metric._compute_score_from_stats(list(row)).score for row in summed]
+    )
 
 
 def paired_bootstrap(
-    metric, system: List[np.ndarray], baseline: List[np.ndarray], n_samples: int = 1000, seed: int = 12345
+    metric,
+    system: List[np.ndarray],
+    baseline: List[np.ndarray],
+    n_samples: int = 1000,
+    seed: int = 12345,
 ) -> Dict[str, float]:
     """Paired bootstrap of mean-over-seeds corpus BLEU, system vs baseline.
 
@@ -71,7 +78,13 @@ def paired_bootstrap(
     real = real_sys - real_bl
     p = min(1.0, (np.sum(centred >= abs(real) - 1e-9) + 1) / (n_samples + 1))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {"delta": float(real), "p": float(p), "ci_low": float(lo), "ci_high": float(hi), "n_samples": n_samples}
+    return {
+        "delta": float(real),
+        "p": float(p),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "n_samples": n_samples,
+    }
 
 
 def paired_seeds(system: Dict[int, object], baseline: Dict[int, object]) -> List[int]:

@@ -1,4 +1,5 @@
 """Shared CLI plumbing: one-line errors instead of tracebacks."""
+
 import logging
 import os
 import sys
@@ -49,5 +50,7 @@ def read_lines(path: str, what: str = "file") -> List[str]:
             try:
                 lines.append(raw.decode("utf-8").rstrip("\r\n"))
             except UnicodeDecodeError as e:
-                raise NmtSdError(f"{path}:{i}: invalid UTF-8 ({e.reason} at byte {e.start})")
+                raise NmtSdError(
+                    f"{path}:{i}: invalid UTF-8 ({e.reason} at byte {e.start})"
+                )
     return lines

@@ -3,18 +3,28 @@
 With ``--sentencepiece-model`` the input is raw text (encoded with that model) and the
 output is decoded; without it, input lines must already be in the dictionary's pieces.
 """
+
 import logging
 import sys
 
 import numpy as np
 
 from nmt_sd.cli.common import run_cli
-from nmt_sd.cli.generate import decode_batch, decoder_start, setup_inference_device
 from nmt_sd.data.dataset import collate
 from nmt_sd.errors import NmtSdError
-from nmt_sd.generation.load import half_precision_linears, inference_autocast, load_model_for_inference
+from nmt_sd.generation.inference import (
+    add_generation_args,
+    decode_batch,
+    decoder_start,
+    setup_inference_device,
+)
+from nmt_sd.generation.load import (
+    half_precision_linears,
+    inference_autocast,
+    load_model_for_inference,
+)
 from nmt_sd.generation.search import special_ids
-from nmt_sd.options import ArgumentParser, add_generation_args
+from nmt_sd.options import ArgumentParser
 
 logger = logging.getLogger("nmt_sd.interactive")
 
@@ -33,7 +43,9 @@ def read_buffers(stream, size: int):
 def main(argv=None) -> None:
     p = ArgumentParser(prog="nmt-sd-interactive", description=__doc__)
     p.add_argument("data", help="directory holding dict.SRC.txt and dict.TGT.txt")
-    p.add_argument("--buffer-size", type=int, default=1, metavar="N", help="sentences per batch")
+    p.add_argument(
+        "--buffer-size", type=int, default=1, metavar="N", help="sentences per batch"
+    )
     p.add_argument("--bpe", choices=["sentencepiece"], default=None)
     p.add_argument("--sentencepiece-model", metavar="FILE")
     p.add_argument("--input", default="-", help="file to translate (default: stdin)")
@@ -44,12 +56,18 @@ def main(argv=None) -> None:
         import sentencepiece
 
         try:
-            spm = sentencepiece.SentencePieceProcessor(model_file=args.sentencepiece_model)
+            spm = sentencepiece.SentencePieceProcessor(
+                model_file=args.sentencepiece_model
+            )
         except (OSError, RuntimeError) as e:
-            raise NmtSdError(f"cannot load --sentencepiece-model {args.sentencepiece_model}: {e}")
+            raise NmtSdError(
+                f"cannot load --sentencepiece-model {args.sentencepiece_model}: {e}"
+            )
         args.remove_bpe = args.remove_bpe or "sentencepiece"
     device = setup_inference_device(args)
-    model, task, _ = load_model_for_inference(args.path, args.data, args.source_lang, args.target_lang, device)
+    model, task, _ = load_model_for_inference(
+        args.path, args.data, args.source_lang, args.target_lang, device
+    )
     half_precision_linears(model, args.bf16, args.fp16)
     ids = {**special_ids(task.tgt_dict), "bos": decoder_start(task)}
     stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
@@ -58,18 +76,31 @@ def main(argv=None) -> None:
     start = 0
     for lines in read_buffers(stream, args.buffer_size):
         pieces = [" ".join(spm.encode(x, out_type=str)) if spm else x for x in lines]
-        items = [{"id": i, "source": encode_source(task, x), "target": None} for i, x in enumerate(pieces)]
+        items = [
+            {"id": i, "source": encode_source(task, x), "target": None}
+            for i, x in enumerate(pieces)
+        ]
         sample = collate(items, task.src_dict.pad(), task.src_dict.eos())
-        sample = {"id": sample["id"], "net_input": {k: v.to(device) for k, v in sample["net_input"].items()}}
-        hyps = decode_batch(model, sample, args, ids, inference_autocast(device, args.bf16, args.fp16))
+        sample = {
+            "id": sample["id"],
+            "net_input": {k: v.to(device) for k, v in sample["net_input"].items()},
+        }
+        hyps = decode_batch(
+            model, sample, args, ids, inference_autocast(device, args.bf16, args.fp16)
+        )
         for i, line in enumerate(lines):
             sid = start + i
             print(f"S-{sid}\t{line}")
             for h in hyps[i][: args.nbest]:
-                text = task.tgt_dict.string(h["tokens"], args.remove_bpe, unk_string="<unk>")
+                text = task.tgt_dict.string(
+                    h["tokens"], args.remove_bpe, unk_string="<unk>"
+                )
                 print(f"H-{sid}\t{h['score']:.6f}\t{text}")
                 print(f"D-{sid}\t{h['score']:.6f}\t{text}")
-                print(f"P-{sid}\t" + " ".join(f"{s:.4f}" for s in h["positional_scores"].tolist()))
+                print(
+                    f"P-{sid}\t"
+                    + " ".join(f"{s:.4f}" for s in h["positional_scores"].tolist())
+                )
             sys.stdout.flush()
         start += len(lines)
 

@@ -7,6 +7,7 @@ improving. A filled marker is an epoch where the pair's language got a new teach
 each pair's new best loss, i.e. where LSSD would have updated that pair's teacher.
 Several runs can be overlaid (one line style per run).
 """
+
 import argparse
 import json
 import os
@@ -38,8 +39,14 @@ def end_of_epoch_rows(path: str) -> List[Dict]:
 
 def pair_curves(rows: List[Dict]) -> Dict[str, List]:
     """{pair: [(epoch, loss, teacher_update)]}; a bilingual run gives one curve 'valid'."""
-    pairs = sorted({k[: -len("_loss")] for r in rows for k in r if k.endswith("_loss") and "-" in k
-                    and not k.endswith("_nll_loss")})
+    pairs = sorted(
+        {
+            k[: -len("_loss")]
+            for r in rows
+            for k in r
+            if k.endswith("_loss") and "-" in k and not k.endswith("_nll_loss")
+        }
+    )
     curves = {}
     for pair in pairs or ["valid"]:
         key = f"{pair}_loss" if pairs else "loss"
@@ -63,7 +70,9 @@ def plot(runs: Dict[str, List[Dict]], output: str, title: str) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise NmtSdError("plotting needs matplotlib: pip install matplotlib (or nmt-sd[plots])") from None
+        raise NmtSdError(
+            "plotting needs matplotlib: pip install matplotlib (or nmt-sd[plots])"
+        ) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -75,12 +84,26 @@ def plot(runs: Dict[str, List[Dict]], output: str, title: str) -> None:
         for pair, pts in pair_curves(rows).items():
             color = colors.setdefault(pair, f"C{len(colors) % 10}")
             label = pair if len(runs) == 1 else f"{pair} ({name})"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], STYLES[i % len(STYLES)], color=color, label=label)
-            ax.plot([p[0] for p in pts if p[2]], [p[1] for p in pts if p[2]], "o", color=color, markersize=5)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                STYLES[i % len(STYLES)],
+                color=color,
+                label=label,
+            )
+            ax.plot(
+                [p[0] for p in pts if p[2]],
+                [p[1] for p in pts if p[2]],
+                "o",
+                color=color,
+                markersize=5,
+            )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation loss (label-smoothed, base 2)")
-    ax.set_title(title + "\n(markers: teacher update / new per-language best)", fontsize=10)
+    ax.set_title(
+        title + "\n(markers: teacher update / new per-language best)", fontsize=10
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -91,15 +114,21 @@ def plot(runs: Dict[str, List[Dict]], output: str, title: str) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="plot_valid", description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", help="SAVE_DIR (or metrics.jsonl) of one or more runs")
+    p.add_argument(
+        "runs", nargs="+", help="SAVE_DIR (or metrics.jsonl) of one or more runs"
+    )
     p.add_argument("--output", help="PNG path (default: FIRST_RUN/valid_loss.png)")
     p.add_argument("--title", default="per-pair validation loss")
     args = p.parse_args(argv)
     runs = {}
     for run in args.runs:
         path = os.path.join(run, "metrics.jsonl") if os.path.isdir(run) else run
-        runs[os.path.basename(os.path.dirname(os.path.abspath(path)))] = end_of_epoch_rows(path)
-    first = args.runs[0] if os.path.isdir(args.runs[0]) else os.path.dirname(args.runs[0])
+        runs[os.path.basename(os.path.dirname(os.path.abspath(path)))] = (
+            end_of_epoch_rows(path)
+        )
+    first = (
+        args.runs[0] if os.path.isdir(args.runs[0]) else os.path.dirname(args.runs[0])
+    )
     output = args.output or os.path.join(first, "valid_loss.png")
     plot(runs, output, args.title)
     print(f"wrote {output}")

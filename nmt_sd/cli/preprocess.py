@@ -3,13 +3,12 @@
 Output in ``--destdir``: ``dict.SRC.txt``, ``dict.TGT.txt`` and, per split,
 ``{split}.SRC-TGT.{SRC,TGT}.{bin,idx}`` (memory-mapped), plus ``preprocess.log``.
 """
+
 import logging
 import os
-from multiprocessing import Pool
-from typing import List, Optional
 
 from nmt_sd.cli.common import check_file, read_lines, run_cli
-from nmt_sd.data.dictionary import Dictionary
+from nmt_sd.data.dictionary import Dictionary, binarize
 from nmt_sd.data.indexed_dataset import write_indexed
 from nmt_sd.errors import NmtSdError
 from nmt_sd.options import ArgumentParser
@@ -18,14 +17,18 @@ logger = logging.getLogger("nmt_sd.preprocess")
 
 
 def get_parser():
-    p = ArgumentParser(prog="nmt-sd-preprocess", description="Build dictionaries and binarize data.")
+    p = ArgumentParser(
+        prog="nmt-sd-preprocess", description="Build dictionaries and binarize data."
+    )
     p.add_argument("-s", "--source-lang", required=True, metavar="SRC")
     p.add_argument("-t", "--target-lang", metavar="TGT")
-    p.add_argument("--trainpref", metavar="FP", help="train file prefix (PREFIX.SRC, PREFIX.TGT)")
+    p.add_argument(
+        "--trainpref", metavar="FP", help="train file prefix (PREFIX.SRC, PREFIX.TGT)"
+    )
     p.add_argument("--validpref", metavar="FP", help="comma-separated valid prefixes")
     p.add_argument("--testpref", metavar="FP", help="comma-separated test prefixes")
     p.add_argument("--destdir", default="data-bin", metavar="DIR")
-    p.add_argument("--joined-dictionary", action="store_true", help="one dictionary for both sides")
+    p.add_argument("--joined-dictionary", action="store_true", help="one dictionary")
     p.add_argument("--srcdict", metavar="FP", help="reuse this source dictionary")
     p.add_argument("--tgtdict", metavar="FP", help="reuse this target dictionary")
     p.add_argument("--thresholdsrc", type=int, default=0, metavar="N")
@@ -35,12 +38,14 @@ def get_parser():
     p.add_argument("--padding-factor", type=int, default=8, metavar="N")
     p.add_argument("--only-source", action="store_true")
     p.add_argument("--workers", type=int, default=1, metavar="N")
-    p.add_argument("--dataset-impl", default="mmap", choices=["mmap"], help="accepted for fairseq compatibility")
+    p.add_argument("--dataset-impl", default="mmap", choices=["mmap"], help="(fairseq)")
     return p
 
 
 def split_prefixes(args):
-    for split, prefs in (("train", args.trainpref), ("valid", args.validpref), ("test", args.testpref)):
+    """(split name, file prefix): train, valid, valid1, ..., test, test1, ..."""
+    prefixes = {"train": args.trainpref, "valid": args.validpref, "test": args.testpref}
+    for split, prefs in prefixes.items():
         for i, pref in enumerate(p for p in (prefs or "").split(",") if p):
             yield (split if i == 0 else f"{split}{i}"), pref
 
@@ -50,7 +55,12 @@ def load_corpora(args):
     langs = [args.source_lang] + ([] if args.only_source else [args.target_lang])
     corpora = {}
     for split, pref in split_prefixes(args):
-        sides = {lang: read_lines(check_file(f"{pref}.{lang}", f"{split} file"), f"{split} file") for lang in langs}
+        sides = {
+            lang: read_lines(
+                check_file(f"{pref}.{lang}", f"{split} file"), f"{split} file"
+            )
+            for lang in langs
+        }
         counts = {f"{pref}.{lang}": len(lines) for lang, lines in sides.items()}
         if len(set(counts.values())) > 1:
             desc = ", ".join(f"{path} has {n} lines" for path, n in counts.items())
@@ -58,48 +68,36 @@ def load_corpora(args):
         if split == "train" and not next(iter(counts.values())):
             raise NmtSdError(f"empty training corpus: {', '.join(counts)}")
         corpora[split] = sides
-    if "train" not in corpora and not (args.srcdict and (args.tgtdict or args.joined_dictionary or args.only_source)):
+    if "train" not in corpora and not (
+        args.srcdict and (args.tgtdict or args.joined_dictionary or args.only_source)
+    ):
         raise NmtSdError("--trainpref is required unless --srcdict/--tgtdict are given")
     return corpora
 
 
 def build_dicts(args, corpora):
-    train = corpora.get("train", {})
-    src, tgt = args.source_lang, args.target_lang
+    """(source dictionary, target dictionary or None): loaded from --srcdict/--tgtdict,
+    else built from the training text with the --threshold*/--nwords* limits."""
+    train, src, tgt = corpora.get("train", {}), args.source_lang, args.target_lang
+
+    def load_or_build(path, lines, threshold, nwords):
+        if path:
+            return Dictionary.load(path)
+        return Dictionary.build(lines, threshold, nwords, args.padding_factor)
+
     if args.joined_dictionary:
-        if args.srcdict:
-            d = Dictionary.load(args.srcdict)
-        else:
-            d = Dictionary.build(train[src] + train.get(tgt, []), args.thresholdsrc, args.nwordssrc, args.padding_factor)
+        lines = train.get(src, []) + train.get(tgt, [])
+        d = load_or_build(args.srcdict, lines, args.thresholdsrc, args.nwordssrc)
         return d, d
-    src_dict = Dictionary.load(args.srcdict) if args.srcdict else Dictionary.build(
-        train[src], args.thresholdsrc, args.nwordssrc, args.padding_factor)
+    src_dict = load_or_build(
+        args.srcdict, train.get(src), args.thresholdsrc, args.nwordssrc
+    )
     if args.only_source:
         return src_dict, None
-    tgt_dict = Dictionary.load(args.tgtdict) if args.tgtdict else Dictionary.build(
-        train[tgt], args.thresholdtgt, args.nwordstgt, args.padding_factor)
+    tgt_dict = load_or_build(
+        args.tgtdict, train.get(tgt), args.thresholdtgt, args.nwordstgt
+    )
     return src_dict, tgt_dict
-
-
-_WORKER_DICT: Optional[Dictionary] = None
-
-
-def _init_worker(d: Dictionary) -> None:
-    global _WORKER_DICT
-    _WORKER_DICT = d
-
-
-def _encode_chunk(lines: List[str]):
-    return [_WORKER_DICT.encode_line(line) for line in lines]
-
-
-def binarize(lines: List[str], d: Dictionary, workers: int):
-    if workers <= 1 or len(lines) < 1000:
-        return [d.encode_line(line) for line in lines]
-    size = (len(lines) + workers - 1) // workers
-    chunks = [lines[i : i + size] for i in range(0, len(lines), size)]
-    with Pool(workers, initializer=_init_worker, initargs=(d,)) as pool:
-        return [a for part in pool.map(_encode_chunk, chunks) for a in part]
 
 
 def main(argv=None) -> None:
@@ -115,7 +113,9 @@ def main(argv=None) -> None:
     for lang, d in dicts.items():
         d.save(os.path.join(args.destdir, f"dict.{lang}.txt"))
         logger.info(f"[{lang}] dictionary: {len(d)} types")
-    pair = f"{args.source_lang}-{args.target_lang}" if args.target_lang else args.source_lang
+    pair = args.source_lang
+    if args.target_lang:
+        pair = f"{args.source_lang}-{args.target_lang}"
     report = []
     for split, sides in corpora.items():
         for lang, lines in sides.items():
@@ -123,9 +123,12 @@ def main(argv=None) -> None:
             arrays = binarize(lines, d, args.workers)
             ntok = sum(len(a) for a in arrays)
             nunk = sum(int((a == d.unk()).sum()) for a in arrays)
-            write_indexed(os.path.join(args.destdir, f"{split}.{pair}.{lang}"), arrays, len(d))
-            msg = (f"[{lang}] {split}: {len(arrays)} sents, {ntok} tokens, "
-                   f"{100.0 * nunk / max(ntok, 1):.3f}% replaced by <unk>")
+            prefix = os.path.join(args.destdir, f"{split}.{pair}.{lang}")
+            write_indexed(prefix, arrays, len(d))
+            msg = (
+                f"[{lang}] {split}: {len(arrays)} sents, {ntok} tokens, "
+                f"{100.0 * nunk / max(ntok, 1):.3f}% replaced by <unk>"
+            )
             logger.info(msg)
             report.append(msg)
     with open(os.path.join(args.destdir, "preprocess.log"), "w", encoding="utf-8") as f:

@@ -18,29 +18,53 @@ train on OUT. ``--seq-inter`` keeps the beam candidate closest to the reference 
 sentence BLEU (sacrebleu.sentence_bleu on the detokenized text; ties go to the better
 model score); it considers ``--nbest`` candidates, by default all ``--beam``.
 """
+
 import logging
 import os
 
 from nmt_sd.cli.common import run_cli
-from nmt_sd.cli.generate import setup_inference_device
-from nmt_sd.criterions.kd import load_teacher
+from nmt_sd.criterions.kd_teacher import load_teacher
 from nmt_sd.errors import NmtSdError
+from nmt_sd.generation.inference import (
+    add_generation_args,
+    add_inter_threads_arg,
+    setup_inference_device,
+)
 from nmt_sd.generation.load import half_precision_linears
 from nmt_sd.generation.seqkd import distil_pair, teacher_task
-from nmt_sd.options import ArgumentParser, add_generation_args, add_inter_threads_arg
+from nmt_sd.options import ArgumentParser
 
 logger = logging.getLogger("nmt_sd.seqkd")
 
 
 def get_parser():
-    p = ArgumentParser(prog="nmt-sd-seqkd", description="Write a sequence-level KD training set.")
+    p = ArgumentParser(
+        prog="nmt-sd-seqkd", description="Write a sequence-level KD training set."
+    )
     p.add_argument("data", help="directory of binarized data (from nmt-sd-preprocess)")
-    p.add_argument("--destdir", required=True, metavar="DIR", help="output data directory")
-    p.add_argument("--subset", default="train", metavar="SPLIT", help="split to distil (default: train)")
-    p.add_argument("--seq-inter", action="store_true",
-                   help="keep the n-best candidate with the highest sentence BLEU against the reference")
+    p.add_argument(
+        "--destdir", required=True, metavar="DIR", help="output data directory"
+    )
+    p.add_argument(
+        "--subset",
+        default="train",
+        metavar="SPLIT",
+        help="split to distil (default: train)",
+    )
+    p.add_argument(
+        "--seq-inter",
+        action="store_true",
+        help="keep the n-best candidate with the highest sentence BLEU against the reference",
+    )
     p.add_argument("--max-tokens", type=int, default=None, metavar="N")
-    p.add_argument("--batch-size", "--max-sentences", type=int, default=None, metavar="N", dest="batch_size")
+    p.add_argument(
+        "--batch-size",
+        "--max-sentences",
+        type=int,
+        default=None,
+        metavar="N",
+        dest="batch_size",
+    )
     add_generation_args(p)
     add_inter_threads_arg(p)
     p.set_defaults(nbest=None)  # resolved in main: --beam with --seq-inter, else 1
@@ -52,16 +76,24 @@ def main(argv=None) -> None:
     if not os.path.isdir(args.data):
         raise NmtSdError(f"data directory not found: {args.data}")
     if os.path.realpath(args.destdir) == os.path.realpath(args.data):
-        raise NmtSdError("--destdir must differ from DATA (it would overwrite the training set)")
+        raise NmtSdError(
+            "--destdir must differ from DATA (it would overwrite the training set)"
+        )
     args.nbest = args.nbest or (args.beam if args.seq_inter else 1)
     device = setup_inference_device(args)
     task, pairs = teacher_task(args)
     model, _ = load_teacher(args.path, task.src_dict, task.tgt_dict, "--path")
     half_precision_linears(model.to(device), args.bf16, args.fp16)
     n = sum(distil_pair(model, task, args, device, pair) for pair in pairs)
-    names = " of " + ",".join(f"{s}-{t}" for s, t in pairs) if hasattr(task, "select_pair") else ""
-    logger.info(f"wrote the distilled {args.subset} set{names} ({n} pairs) and copies of the other splits "
-                f"to {args.destdir}")
+    names = (
+        " of " + ",".join(f"{s}-{t}" for s, t in pairs)
+        if hasattr(task, "select_pair")
+        else ""
+    )
+    logger.info(
+        f"wrote the distilled {args.subset} set{names} ({n} pairs) and copies of the other splits "
+        f"to {args.destdir}"
+    )
 
 
 def cli_main(argv=None) -> None:

@@ -1,4 +1,5 @@
 """nmt-sd-train DATA [flags]: train a translation model (fairseq-train's flags)."""
+
 import logging
 import os
 import random
@@ -22,7 +23,11 @@ logger = logging.getLogger("nmt_sd.train")
 
 
 def default_threads() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = (
+        len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count()
+    )
     local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return max(1, (cores or 1) // local)
 
@@ -33,19 +38,26 @@ def setup_device(args) -> torch.device:
         raise NmtSdError("--fp16 needs a CUDA device; on CPU use --bf16")
     device = dist_utils.init_from_env(use_cuda)
     if not dist_utils.is_master() and not os.environ.get("NMT_SD_LOG_ALL_RANKS"):
-        logging.getLogger().setLevel(logging.WARNING)  # as fairseq: only rank 0 logs INFO
+        # as fairseq: only rank 0 logs INFO
+        logging.getLogger().setLevel(logging.WARNING)
     threads = args.num_threads or default_threads()
     torch.set_num_threads(threads)
     setup_cpu_allocator(args.cpu_allocator, device.type)
     amp = "bf16" if args.bf16 else ("fp16" if args.fp16 else "fp32")
-    logger.info(f"device: {device}, threads: {threads}, precision: {amp}, world size: {dist_utils.world_size()}")
+    logger.info(
+        f"device: {device}, threads: {threads}, precision: {amp}, world size: {dist_utils.world_size()}"
+    )
     return device
 
 
 def add_file_log(path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     h = logging.FileHandler(path)
-    h.setFormatter(logging.getLogger().handlers[0].formatter if logging.getLogger().handlers else None)
+    h.setFormatter(
+        logging.getLogger().handlers[0].formatter
+        if logging.getLogger().handlers
+        else None
+    )
     logging.getLogger().addHandler(h)
 
 
@@ -64,36 +76,62 @@ def main(argv=None) -> None:
     if len(train_ds) == 0:
         raise NmtSdError(f"training set '{args.train_subset}' in {args.data} is empty")
     if train_ds.tgt is None:
-        raise NmtSdError(f"training set '{args.train_subset}' in {args.data} has no target side")
+        raise NmtSdError(
+            f"training set '{args.train_subset}' in {args.data} has no target side"
+        )
     model = task.build_model(args)
     criterion = task.build_criterion(args)
     n_params = sum(p.numel() for p in model.parameters())
-    logger.info(f"model {args.arch}, criterion {args.criterion}, {n_params:,} parameters")
+    logger.info(
+        f"model {args.arch}, criterion {args.criterion}, {n_params:,} parameters"
+    )
 
     trainer = Trainer(args, task, model, criterion, device)
     rank, world = dist_utils.rank(), dist_utils.world_size()
     epoch_itr = task.get_batch_iterator(
-        train_ds, args.max_tokens, args.batch_size, model.max_positions(), args.seed, True,
-        world, rank, args.required_batch_size_multiple,
+        train_ds,
+        args.max_tokens,
+        args.batch_size,
+        model.max_positions(),
+        args.seed,
+        True,
+        world,
+        rank,
+        args.required_batch_size_multiple,
     )
     valid_itr = None
     if not args.disable_validation:
         valid_ds = task.load_dataset(args.valid_subset)
         valid_itr = task.get_batch_iterator(
-            valid_ds, args.max_tokens_valid or args.max_tokens, args.batch_size_valid or args.batch_size,
-            model.max_positions(), args.seed, False, world, rank, args.required_batch_size_multiple,
+            valid_ds,
+            args.max_tokens_valid or args.max_tokens,
+            args.batch_size_valid or args.batch_size,
+            model.max_positions(),
+            args.seed,
+            False,
+            world,
+            rank,
+            args.required_batch_size_multiple,
             skip_invalid=args.skip_invalid_size_inputs_valid_test,
         )
     state = RunState()
     restore = find_restore_file(args)
     if restore:
-        extra = trainer.load_state_dict(load_checkpoint_file(restore), restore, args.reset_optimizer)
+        extra = trainer.load_state_dict(
+            load_checkpoint_file(restore), restore, args.reset_optimizer
+        )
         state.load(extra, epoch_itr)
-        logger.info(f"loaded checkpoint {restore} (epoch {epoch_itr.epoch} @ {trainer.num_updates} updates)")
+        logger.info(
+            f"loaded checkpoint {restore} (epoch {epoch_itr.epoch} @ {trainer.num_updates} updates)"
+        )
     else:
-        logger.info(f"no existing checkpoint found in {args.save_dir}, starting from scratch")
+        logger.info(
+            f"no existing checkpoint found in {args.save_dir}, starting from scratch"
+        )
         init_from_teacher(args, model, task)  # --init-from-teacher: fresh runs only
-    logger.info(f"max tokens per batch = {args.max_tokens}, {len(epoch_itr)} batches per epoch")
+    logger.info(
+        f"max tokens per batch = {args.max_tokens}, {len(epoch_itr)} batches per epoch"
+    )
     progress = Progress(args, enabled=dist_utils.is_master())
     try:
         train(args, trainer, epoch_itr, valid_itr, progress, state)

@@ -18,41 +18,43 @@ module tree) re-predicts exactly U masked, in eval mode under no_grad, only for 
 with a gated token. lam(s) anneals from ``--cmlm-kd-weight`` to ``--cmlm-kd-weight-min``.
 Every choice is a function of the update number, so a resumed run is the same run.
 """
+
 import argparse
 import logging
-import math
-import os
 
 import torch
 
-from nmt_sd.criterions.cmlm_kd_config import SCHEDULES, add_args, check_config
+from nmt_sd.criterions.cmlm_kd_config import add_args, anneal, check_config
 from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss, kl_rows_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
-from nmt_sd.errors import NmtSdError
 from nmt_sd.models.cmlm import (
     CMLMDecoder,
     build_frozen_teacher,
+    frozen_stage1_teacher,
     predict_masked,
     random_cmlm_mask,
     rank_within_rows,
-    stage1_snapshot,
 )
 from nmt_sd.models.transformer import EncoderOut
+from nmt_sd.training.checkpoint import plain_args
 
 logger = logging.getLogger(__name__)
 
 
-# -- pure functions: gates, annealing --------------------------------------------------------
+# -- pure functions: the gates (the KD weight's annealing is cmlm_kd_config.anneal) ------
 def gate_threshold(conf: torch.Tensor, keep: torch.Tensor, tau: float) -> torch.Tensor:
     """(B, T) bool: the kept tokens (non-pad, non-EOS) with confidence < tau."""
     return keep & (conf < tau)
 
 
-def gate_lowest_k(conf: torch.Tensor, keep: torch.Tensor, k_percent: float) -> torch.Tensor:
+def gate_lowest_k(
+    conf: torch.Tensor, keep: torch.Tensor, k_percent: float
+) -> torch.Tensor:
     """(B, T) bool: per sentence the ceil(k% n) lowest-confidence kept tokens (at least one
     when n > 0; ties broken by position)."""
     n = keep.sum(1)  # (B,)
-    k = torch.ceil(n.double() * k_percent / 100.0).long().clamp(min=1)  # exact for integer k%
+    # exact for integer k%
+    k = torch.ceil(n.double() * k_percent / 100.0).long().clamp(min=1)
     return keep & (rank_within_rows(conf, keep) < torch.minimum(k, n)[:, None])
 
 
@@ -61,23 +63,10 @@ def split_groups(selected: torch.Tensor, groups: int) -> list:
     sentence (round robin over a random order); empty masks are dropped."""
     if groups == 1:
         return [selected]
-    rank = rank_within_rows(torch.rand(selected.shape, device=selected.device), selected) % groups
+    noise = torch.rand(selected.shape, device=selected.device)
+    rank = rank_within_rows(noise, selected) % groups  # round robin over a random order
     masks = [selected & rank.eq(g) for g in range(groups)]
     return [m for m in masks if m.any()]
-
-
-def anneal(schedule: str, start: float, end: float, step: int, total: int) -> float:
-    """The KD weight ``step`` updates into stage 2; r = min(step / total, 1) (1 if total <= 0)."""
-    r = 1.0 if total <= 0 else min(max(step / total, 0.0), 1.0)
-    if schedule == "constant":
-        return start
-    if schedule == "linear":
-        return start + (end - start) * r
-    if schedule == "cosine":
-        return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * r))
-    if schedule == "exponential":
-        return start * (end / start) ** r
-    raise ValueError(f"unknown schedule {schedule!r} (choose from: {', '.join(SCHEDULES)})")
 
 
 # -- the term -----------------------------------------------------------------------------
@@ -89,12 +78,13 @@ class CMLMKDTerm(Term):
         self.cfg, self.eps, self.num_updates = cfg, args.label_smoothing, 0
         self.padding_idx, self.eos_idx, self.mask_idx = d.pad(), d.eos(), cfg.mask_idx
         self.src_dict, self.tgt_dict = task.src_dict, d
-        shared = bool(args.share_decoder_input_output_embed or args.share_all_embeddings)
+        shared = bool(
+            args.share_decoder_input_output_embed or args.share_all_embeddings
+        )
         self.cmlm = CMLMDecoder(args, cfg.layers, d, shared)
-        object.__setattr__(self, "teacher", teacher)  # plain attribute: never optimised nor saved
-        from nmt_sd.options import plain_args
-
-        self.saved_args = plain_args(args)  # rebuilds the stage-1 snapshot's architecture
+        object.__setattr__(self, "teacher", teacher)  # plain attribute: never saved
+        # the stage-1 snapshot's architecture
+        self.saved_args = plain_args(args)
 
     add_args = staticmethod(add_args)  # the --cmlm-kd-* flags: cmlm_kd_config.py
 
@@ -105,8 +95,12 @@ class CMLMKDTerm(Term):
         if cfg.teacher == "frozen" and cfg.teacher_path:
             from nmt_sd.training.checkpoint import load_checkpoint_file
 
-            teacher = build_frozen_teacher(load_checkpoint_file(cfg.teacher_path), cfg.teacher_path,
-                                           "--cmlm-kd-teacher-path", task.src_dict, task.tgt_dict)
+            state, flag = (
+                load_checkpoint_file(cfg.teacher_path),
+                "--cmlm-kd-teacher-path",
+            )
+            dicts = (task.src_dict, task.tgt_dict)
+            teacher = build_frozen_teacher(state, cfg.teacher_path, flag, *dicts)
         return cls(args, cfg, task, teacher)
 
     # -- schedule
@@ -118,19 +112,37 @@ class CMLMKDTerm(Term):
         c = self.cfg
         if c.weight == 0 or num_updates < c.joint_updates:
             return 0.0
-        return anneal(c.anneal, c.weight, c.weight_min, num_updates - c.joint_updates, c.anneal_updates)
+        return anneal(
+            c.anneal,
+            c.weight,
+            c.weight_min,
+            num_updates - c.joint_updates,
+            c.anneal_updates,
+        )
 
     @property
     def ce_scale(self) -> float:  # the NMT CE's multiplier: 1 - lam when interpolating
-        return 1.0 - self.kd_weight(self.num_updates) if self.cfg.combine == "interpolate" else 1.0
+        return (
+            1.0 - self.kd_weight(self.num_updates)
+            if self.cfg.combine == "interpolate"
+            else 1.0
+        )
 
     # -- stage 1 (and stage 2 with --cmlm-kd-continue-cmlm): the CMLM's own CE
     def cmlm_loss(self, model, sample, enc: EncoderOut):
         """(label-smoothed CE, NLL) summed over a random Mask-Predict subset of the target."""
         target = sample["target"]  # (B, T)
         masked = random_cmlm_mask(target, self.padding_idx, self.eos_idx)  # (B, T)
-        logits = self.cmlm(unwrap(model).decoder, target.masked_fill(masked, self.mask_idx), enc, masked)  # (N, V)
-        return fused_label_smoothed_nll_loss(logits, target[masked], self.eps, self.padding_idx)
+        # (N, V)
+        logits = self.cmlm(
+            unwrap(model).decoder,
+            target.masked_fill(masked, self.mask_idx),
+            enc,
+            masked,
+        )
+        return fused_label_smoothed_nll_loss(
+            logits, target[masked], self.eps, self.padding_idx
+        )
 
     # -- stage 2: gate, teacher, KD
     def gate(self, sample, passes) -> torch.Tensor:
@@ -139,26 +151,44 @@ class CMLMKDTerm(Term):
         keep = target.ne(self.padding_idx) & target.ne(self.eos_idx)  # (B, T)
         if self.cfg.gate == "none":
             return keep
-        conf = sum(p.gold_probs(target) for p in passes) / len(passes)  # (B, T), detached
+        # (B, T), detached
+        conf = sum(p.gold_probs(target) for p in passes) / len(passes)
         if self.cfg.gate == "threshold":
             return gate_threshold(conf, keep, self.cfg.threshold)
         return gate_lowest_k(conf, keep, self.cfg.lowest_k)
 
     @torch.no_grad()
-    def teacher_logits(self, model, sample, passes, selected: torch.Tensor, groups: list) -> torch.Tensor:
+    def teacher_logits(
+        self, model, sample, passes, selected: torch.Tensor, groups: list
+    ) -> torch.Tensor:
         """The teacher's (N, V) logits at the selected positions, group after group, each
         group masked exactly; only sentences with a gated token run."""
         u = selected.any(1)  # (B,)
         if self.cfg.teacher == "live":
-            decoder, cmlm, e = unwrap(model).decoder, self.cmlm, passes[0].extra["encoder_out"]
-            enc = EncoderOut(e.out[u], e.padding_mask[u])  # the student pass's encoder output
+            decoder, cmlm, e = (
+                unwrap(model).decoder,
+                self.cmlm,
+                passes[0].extra["encoder_out"],
+            )
+            # the student pass's encoder output
+            enc = EncoderOut(e.out[u], e.padding_mask[u])
         else:
             t_model, cmlm = self.teacher
             if next(t_model.parameters()).device != selected.device:
                 t_model.to(selected.device), cmlm.to(selected.device)
             net = sample["net_input"]
-            enc, decoder = t_model.encoder(net["src_tokens"][u], net["src_lengths"][u]), t_model.decoder
-        return predict_masked(cmlm, decoder, sample["target"][u], enc, [g[u] for g in groups], self.mask_idx)
+            enc, decoder = (
+                t_model.encoder(net["src_tokens"][u], net["src_lengths"][u]),
+                t_model.decoder,
+            )
+        return predict_masked(
+            cmlm,
+            decoder,
+            sample["target"][u],
+            enc,
+            [g[u] for g in groups],
+            self.mask_idx,
+        )
 
     def kd_loss(self, model, sample, passes):
         """(sum over gated tokens of KL(q || p), averaged over the passes; gated count)."""
@@ -168,31 +198,23 @@ class CMLMKDTerm(Term):
             return passes[0].logits.new_zeros((), dtype=torch.float32), 0
         groups = split_groups(selected, self.cfg.mask_groups)
         teacher = self.teacher_logits(model, sample, passes, selected, groups)  # (N, V)
-        idx = torch.cat([g.reshape(-1).nonzero().squeeze(1) for g in groups])  # (N,) flat positions, same order
+        # (N,) flat positions, same order
+        idx = torch.cat([g.reshape(-1).nonzero().squeeze(1) for g in groups])
         kd = sum(kl_rows_from_logits(p.logits, teacher, idx) for p in passes)
         return kd / len(passes), n_sel
 
     def frozen_teacher(self, model, num_updates: int):
-        """The frozen teacher; built on first use in stage 2: at the boundary from the model
-        as it is now (saved to SAVE_DIR/checkpoint_stage1.pt), after it from that file."""
+        """The frozen teacher, built on first use in stage 2 (``frozen_stage1_teacher``)."""
         if self.teacher is None:
-            from nmt_sd.training import distributed as dist_utils
-            from nmt_sd.training.checkpoint import atomic_save, load_checkpoint_file
-
-            path = self.cfg.stage1_path
-            if num_updates == self.cfg.joint_updates:
-                state = stage1_snapshot(unwrap(model), self.cmlm, self.saved_args, num_updates)
-                if path and dist_utils.is_master():
-                    atomic_save(state, path)
-                    logger.info(f"stage 1 done at {num_updates} updates: frozen CMLM teacher saved to {path}")
-            elif path and os.path.isfile(path):
-                state = load_checkpoint_file(path)
-            else:
-                raise NmtSdError(f"--cmlm-kd-teacher frozen: the stage-1 teacher {path or '(no --save-dir)'} is "
-                                 "missing (it is written when training crosses --cmlm-kd-joint-updates); "
-                                 "give --cmlm-kd-teacher-path")
-            teacher = build_frozen_teacher(state, path or "stage-1 snapshot", "--cmlm-kd-teacher frozen",
-                                           self.src_dict, self.tgt_dict)
+            teacher = frozen_stage1_teacher(
+                unwrap(model),
+                self.cmlm,
+                self.saved_args,
+                num_updates,
+                self.cfg,
+                self.src_dict,
+                self.tgt_dict,
+            )
             object.__setattr__(self, "teacher", teacher)
         return self.teacher
 
@@ -205,15 +227,22 @@ class CMLMKDTerm(Term):
             ce, cmlm_nll = self.cmlm_loss(model, sample, passes[0].extra["encoder_out"])
             loss = loss + c.cmlm_weight * ce
         if stage2 and c.teacher == "frozen" and c.weight > 0:
-            self.frozen_teacher(model, num_updates)  # the stage-1 snapshot is taken at the boundary
+            # the stage-1 snapshot is taken at the boundary
+            self.frozen_teacher(model, num_updates)
         lam = self.kd_weight(num_updates)
         if lam > 0:
             kd, n_sel = self.kd_loss(model, sample, passes)
             if c.norm == "gated" and n_sel > 0:
-                kd = kd * (ntokens / n_sel)  # the trainer's / ntokens then gives the mean per gated token
+                # the trainer's / ntokens then gives the mean per gated token
+                kd = kd * (ntokens / n_sel)
             loss = loss + lam * kd
-        logs = {"cmlm_nll": cmlm_nll.detach(), "kd_loss": kd.detach(), "kd_selected_frac": float(n_sel),
-                "kd_lambda": lam * ntokens}  # sums: reduce_metrics divides them by ntokens
+        # sums: reduce_metrics divides them by ntokens
+        logs = {
+            "cmlm_nll": cmlm_nll.detach(),
+            "kd_loss": kd.detach(),
+            "kd_selected_frac": float(n_sel),
+            "kd_lambda": lam * ntokens,
+        }
         return loss, logs
 
 

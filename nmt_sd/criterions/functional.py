@@ -1,6 +1,7 @@
 """Pure loss functions shared by every criterion and term (no state, no inheritance): the
 reference definitions on float32 log-probs. ``fused.py`` computes the same values and
 gradients straight from logits, chunked, for training."""
+
 import math
 from typing import Tuple
 
@@ -36,7 +37,9 @@ def log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def symmetric_kl(lprobs_p: torch.Tensor, lprobs_q: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+def symmetric_kl(
+    lprobs_p: torch.Tensor, lprobs_q: torch.Tensor, pad_mask: torch.Tensor
+) -> torch.Tensor:
     """R-Drop's consistency: 1/2 [KL(p||q) + KL(q||p)] summed over non-pad tokens and vocab.
 
     1/2 sum_v (p - q)(log p - log q). No stop-gradient: both sides get gradient.
@@ -49,7 +52,9 @@ def symmetric_kl(lprobs_p: torch.Tensor, lprobs_q: torch.Tensor, pad_mask: torch
     return 0.5 * diff.sum(-1).masked_fill(pad_mask, 0.0).sum()
 
 
-def kd_kl(student_lprobs: torch.Tensor, teacher_lprobs: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+def kd_kl(
+    student_lprobs: torch.Tensor, teacher_lprobs: torch.Tensor, pad_mask: torch.Tensor
+) -> torch.Tensor:
     """Teacher-student KD: KL(q || p) = sum_v q (log q - log p), summed over non-pad tokens.
 
     Pass log-probs at temperature T (log_softmax(z / T)); the caller applies T^2
@@ -64,7 +69,9 @@ def kd_kl(student_lprobs: torch.Tensor, teacher_lprobs: torch.Tensor, pad_mask: 
     return per.masked_fill(pad_mask, 0.0).sum()
 
 
-def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+def hidden_mse(
+    student: torch.Tensor, teacher: torch.Tensor, pad_mask: torch.Tensor
+) -> torch.Tensor:
     """Squared error of hidden states, mean over channels, summed over non-pad positions.
 
     Args:
@@ -75,7 +82,9 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, pad_mask: torch.Ten
     return per.masked_fill(pad_mask, 0.0).sum()
 
 
-def attn_mse(student: torch.Tensor, teacher: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+def attn_mse(
+    student: torch.Tensor, teacher: torch.Tensor, pad_mask: torch.Tensor
+) -> torch.Tensor:
     """Squared error of attention maps, summed over keys (a padded key has weight 0 on
     both sides, so the value does not depend on the batch's padding) and over non-pad queries.
 
@@ -112,7 +121,9 @@ def x_divergence(lprobs: list, pad_mask: torch.Tensor, kind: str = "x") -> torch
     return per.sum(dim=(0, -1)).masked_fill(pad_mask, 0.0).sum() / k
 
 
-def soft_cross_entropy(teacher_lprobs: torch.Tensor, student_lprobs: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+def soft_cross_entropy(
+    teacher_lprobs: torch.Tensor, student_lprobs: torch.Tensor, pad_mask: torch.Tensor
+) -> torch.Tensor:
     """Cross-entropy of a student against a teacher distribution (T = 1, no smoothing).
 
     -sum_v p_T(v) log p_S(v), summed over non-pad tokens. Equals KL(p_T||p_S) plus the

@@ -2,6 +2,7 @@
 reference in ``functional.py`` on ``log_probs(logits)``, without keeping float32 (N, V)
 tensors for backward. Rows are taken in chunks whose float32 temporaries stay in cache;
 most gradients are made during forward, so backward only scales or scatters them."""
+
 import math
 from typing import Optional, Tuple
 
@@ -33,7 +34,8 @@ def exp_(x: torch.Tensor, inplace: bool = True) -> torch.Tensor:
     """exp(x), in place or not, as 2^(x log2 e): on CPU torch's float32 ``exp2`` is about 3x faster
     than its ``exp`` (AVX512, torch 2.13). Callers pass x = z - max(z) <= 0, where rounding
     x log2 e adds a relative error of at most |x| 2^-24 (6e-7 at p = e^-10). Every
-    softmax sweep uses this one function, so equal logits still give bit-equal values."""
+    softmax sweep uses this one function, so equal logits still give bit-equal values.
+    """
     return (x.mul_(LOG2E) if inplace else x * LOG2E).exp2_()
 
 
@@ -64,7 +66,9 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, epsilon: float, ignore_index: int, chunk: int, rows_out):
+    def forward(
+        ctx, logits, target, epsilon: float, ignore_index: int, chunk: int, rows_out
+    ):
         n, vocab = logits.shape
         eps_i = epsilon / (vocab - 1)
         keep = target.ne(ignore_index)
@@ -74,7 +78,8 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
         smooth = torch.empty(n, dtype=torch.float32, device=logits.device)
         for s in range(0, n, chunk):
             t = target[s : s + chunk]
-            z = logits[s : s + chunk].to(torch.float32, copy=True)  # (c, V), ours to overwrite
+            # (c, V), ours to overwrite
+            z = logits[s : s + chunk].to(torch.float32, copy=True)
             z_gold = z.gather(-1, t.unsqueeze(-1)).squeeze(-1)
             z_sum = z.sum(-1)
             m = z.amax(-1, keepdim=True)
@@ -83,9 +88,15 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
             lse = m.squeeze(-1) + se.log()
             nll[s : s + chunk] = lse - z_gold
             smooth[s : s + chunk] = vocab * lse - z_sum
-            if need_grad:  # p - eps_i everywhere, -(1 - eps - eps_i) more on gold, 0 on pad rows
+            if (
+                need_grad
+            ):  # p - eps_i everywhere, -(1 - eps - eps_i) more on gold, 0 on pad rows
                 g = e.div_(se.unsqueeze(-1)).sub_(eps_i)
-                g.scatter_add_(-1, t.unsqueeze(-1), g.new_full((t.size(0), 1), -(1.0 - epsilon - eps_i)))
+                g.scatter_add_(
+                    -1,
+                    t.unsqueeze(-1),
+                    g.new_full((t.size(0), 1), -(1.0 - epsilon - eps_i)),
+                )
                 grad[s : s + chunk] = zero_rows(g, ~keep[s : s + chunk])
         if rows_out is not None:
             rows_out.copy_(nll)
@@ -114,7 +125,11 @@ class _FusedLabelSmoothedCE(torch.autograd.Function):
 
 
 def fused_label_smoothed_nll_loss(
-    logits: torch.Tensor, target: torch.Tensor, epsilon: float, ignore_index: int, chunk: int = 64,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    epsilon: float,
+    ignore_index: int,
+    chunk: int = 64,
     nll_rows: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Same values and gradients as ``label_smoothed_nll_loss(log_probs(logits), ...)``
@@ -127,11 +142,15 @@ def fused_label_smoothed_nll_loss(
     Returns:
         (loss, nll_loss) scalar float32 sums over non-pad rows.
     """
-    return _FusedLabelSmoothedCE.apply(logits, target, epsilon, ignore_index, chunk, nll_rows)
+    return _FusedLabelSmoothedCE.apply(
+        logits, target, epsilon, ignore_index, chunk, nll_rows
+    )
 
 
 @torch.no_grad()
-def gold_probs(logits: torch.Tensor, target: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+def gold_probs(
+    logits: torch.Tensor, target: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
     """Detached float32 probability of the gold token, target's shape, from logits (..., V),
     chunked over rows so each chunk's float32 temporaries stay in cache. The arithmetic is
     the CE sweeps' (``nll_rows``: max + log sum exp(z - max) - z_gold), so equal logits
@@ -161,7 +180,10 @@ class _KLRowsFromLogits(torch.autograd.Function):
         for s in range(0, idx.numel(), chunk):
             rows = idx[s : s + chunk]
             a, p, _ = log_probs_and_probs(z.index_select(0, rows).float())  # log p, p
-            b, q, _ = log_probs_and_probs(teacher[s : s + chunk].to(torch.float32, copy=True))  # log q, q
+            # log q, q
+            b, q, _ = log_probs_and_probs(
+                teacher[s : s + chunk].to(torch.float32, copy=True)
+            )
             total += torch.linalg.vecdot(q, b.sub_(a)).sum()
             if grad is not None:
                 grad.index_copy_(0, rows, p.sub_(q).to(grad.dtype))
@@ -174,7 +196,9 @@ class _KLRowsFromLogits(torch.autograd.Function):
         return times_upstream(g, grad), None, None, None
 
 
-def kl_rows_from_logits(logits: torch.Tensor, teacher: torch.Tensor, idx: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+def kl_rows_from_logits(
+    logits: torch.Tensor, teacher: torch.Tensor, idx: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
     """sum_i KL(softmax(teacher_i) || softmax(logits_{idx_i})): the teacher is detached.
 
     Args:
@@ -182,7 +206,9 @@ def kl_rows_from_logits(logits: torch.Tensor, teacher: torch.Tensor, idx: torch.
         teacher: (N, V) teacher logits, row i for flat position idx[i].
         idx: (N,) flat indices into the B * T positions.
     """
-    return _KLRowsFromLogits.apply(logits.reshape(-1, logits.size(-1)), teacher.detach(), idx, chunk)
+    return _KLRowsFromLogits.apply(
+        logits.reshape(-1, logits.size(-1)), teacher.detach(), idx, chunk
+    )
 
 
 class _SymmetricKLFromLogits(torch.autograd.Function):
@@ -212,7 +238,8 @@ class _SymmetricKLFromLogits(torch.autograd.Function):
             a = torch.log_softmax(z_p[s : s + ctx.chunk].float(), -1)
             b = torch.log_softmax(z_q[s : s + ctx.chunk].float(), -1)
             p, q, d = a.exp(), b.exp(), a - b
-            k = keep[s : s + ctx.chunk].unsqueeze(-1).to(p.dtype) * (0.5 * grad)  # (c, 1)
+            # (c, 1)
+            k = keep[s : s + ctx.chunk].unsqueeze(-1).to(p.dtype) * (0.5 * grad)
             pd, qd = p * d, q * d
             kl_pq, kl_qp = pd.sum(-1, keepdim=True), -qd.sum(-1, keepdim=True)
             g_p[s : s + ctx.chunk] = ((pd + p - q - p * kl_pq) * k).to(g_p.dtype)
@@ -221,7 +248,10 @@ class _SymmetricKLFromLogits(torch.autograd.Function):
 
 
 def symmetric_kl_from_logits(
-    logits_p: torch.Tensor, logits_q: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 64
+    logits_p: torch.Tensor,
+    logits_q: torch.Tensor,
+    pad_mask: torch.Tensor,
+    chunk: int = 64,
 ) -> torch.Tensor:
     """``symmetric_kl(log_softmax(logits_p), log_softmax(logits_q), pad_mask)`` without
     keeping float32 (B, T, V) tensors for backward (same value and gradients).
@@ -231,7 +261,9 @@ def symmetric_kl_from_logits(
     """
     v = logits_p.size(-1)
     keep = ~pad_mask.reshape(-1)
-    return _SymmetricKLFromLogits.apply(logits_p.reshape(-1, v), logits_q.reshape(-1, v), keep, chunk)
+    return _SymmetricKLFromLogits.apply(
+        logits_p.reshape(-1, v), logits_q.reshape(-1, v), keep, chunk
+    )
 
 
 def sum_over_passes(x: torch.Tensor) -> torch.Tensor:
@@ -303,7 +335,9 @@ class _XDivergenceFromLogits(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
-def x_divergence_from_logits(logits: list, pad_mask: torch.Tensor, kind: str = "x", chunk: int = 64) -> torch.Tensor:
+def x_divergence_from_logits(
+    logits: list, pad_mask: torch.Tensor, kind: str = "x", chunk: int = 64
+) -> torch.Tensor:
     """``x_divergence([log_softmax(z) for z in logits], pad_mask, kind)`` from the logits,
     chunked with analytic gradients (no float32 (K, B, T, V) tensors kept for backward).
 
@@ -314,7 +348,9 @@ def x_divergence_from_logits(logits: list, pad_mask: torch.Tensor, kind: str = "
         raise ValueError(f"unknown divergence {kind!r} (x or js)")
     v = logits[0].size(-1)
     keep = ~pad_mask.reshape(-1)
-    return _XDivergenceFromLogits.apply(keep, kind, chunk, *(z.reshape(-1, v) for z in logits))
+    return _XDivergenceFromLogits.apply(
+        keep, kind, chunk, *(z.reshape(-1, v) for z in logits)
+    )
 
 
 class _SoftCEFromLogits(torch.autograd.Function):
@@ -329,7 +365,8 @@ class _SoftCEFromLogits(torch.autograd.Function):
         g = torch.empty_like(z) if need_grad else None
         total = torch.zeros((), dtype=torch.float32, device=z.device)
         for s in range(0, z.size(0), chunk):
-            zc = z[s : s + chunk].to(torch.float32, copy=True)  # (c, V), ours to overwrite
+            # (c, V), ours to overwrite
+            zc = z[s : s + chunk].to(torch.float32, copy=True)
             q = torch.softmax(teacher[s : s + chunk].float(), -1)
             qz = (q * zc).sum(-1)
             m = zc.amax(-1, keepdim=True)
@@ -339,7 +376,9 @@ class _SoftCEFromLogits(torch.autograd.Function):
             w = weights[s : s + chunk]
             total += torch.where(w != 0, rows * w, 0.0).sum()
             if need_grad:
-                g[s : s + chunk] = e.div_(se.unsqueeze(-1)).sub_(q).mul_(w.unsqueeze(-1))
+                g[s : s + chunk] = (
+                    e.div_(se.unsqueeze(-1)).sub_(q).mul_(w.unsqueeze(-1))
+                )
         ctx.save_for_backward(g)
         return total
 
@@ -350,7 +389,10 @@ class _SoftCEFromLogits(torch.autograd.Function):
 
 
 def soft_cross_entropy_from_logits(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, pad_mask: torch.Tensor, chunk: int = 64,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    pad_mask: torch.Tensor,
+    chunk: int = 64,
     weights: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``soft_cross_entropy(log_softmax(teacher), log_softmax(student), pad_mask)`` from
@@ -364,4 +406,6 @@ def soft_cross_entropy_from_logits(
     v = student_logits.size(-1)
     keep = (~pad_mask.reshape(-1)).float()
     w = keep if weights is None else weights.detach().reshape(-1).float() * keep
-    return _SoftCEFromLogits.apply(student_logits.reshape(-1, v), teacher_logits.detach().reshape(-1, v), w, chunk)
+    return _SoftCEFromLogits.apply(
+        student_logits.reshape(-1, v), teacher_logits.detach().reshape(-1, v), w, chunk
+    )

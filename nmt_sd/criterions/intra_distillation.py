@@ -11,6 +11,7 @@ gamma = log(1/alpha) / log(p/q), alpha_t = alpha * (p t / N)^gamma for t < N/p, 
 (so alpha_0 = 0, alpha_{N/q} = 1, alpha_{N/p} = alpha); N defaults to --max-update.
 With K = 2 the X-divergence is exactly half of R-Drop's symmetric KL.
 """
+
 import logging
 import math
 
@@ -36,22 +37,51 @@ class IntraDistillationTerm(Term):
 
     def __init__(self, k, alpha, divergence, adaptive, p, q, n, pass_mode, padding_idx):
         super().__init__()
-        self.n_passes, self.alpha, self.divergence = k, alpha, divergence  # divergence: fused with the CE
+        # divergence: fused with the CE
+        self.n_passes, self.alpha, self.divergence = (
+            k,
+            alpha,
+            divergence,
+        )
         self.adaptive, self.p, self.q, self.n = adaptive, p, q, n
         self.pass_mode, self.padding_idx = pass_mode, padding_idx
 
     @staticmethod
     def add_args(parser) -> None:
         g = parser.add_argument_group("Intra-Distillation")
-        g.add_argument("--intra-k", type=int, default=3, metavar="K", help="stochastic passes")
-        g.add_argument("--intra-alpha", type=float, default=0.0, metavar="A", help="(maximum) divergence weight")
+        g.add_argument(
+            "--intra-k", type=int, default=3, metavar="K", help="stochastic passes"
+        )
+        g.add_argument(
+            "--intra-alpha",
+            type=float,
+            default=0.0,
+            metavar="A",
+            help="(maximum) divergence weight",
+        )
         g.add_argument("--intra-divergence", choices=["x", "js"], default="x")
-        g.add_argument("--intra-adaptive", action="store_true", help="adaptive alpha schedule")
-        g.add_argument("--intra-p", type=float, default=5.0, help="alpha reaches its maximum at N/p")
-        g.add_argument("--intra-q", type=float, default=10.0, help="alpha reaches 1 at N/q")
-        g.add_argument("--intra-max-updates", type=int, default=None, metavar="N",
-                       help="schedule length N (default: --max-update)")
-        g.add_argument("--intra-passes", choices=["sequential", "concat"], default="sequential")
+        g.add_argument(
+            "--intra-adaptive", action="store_true", help="adaptive alpha schedule"
+        )
+        g.add_argument(
+            "--intra-p",
+            type=float,
+            default=5.0,
+            help="alpha reaches its maximum at N/p",
+        )
+        g.add_argument(
+            "--intra-q", type=float, default=10.0, help="alpha reaches 1 at N/q"
+        )
+        g.add_argument(
+            "--intra-max-updates",
+            type=int,
+            default=None,
+            metavar="N",
+            help="schedule length N (default: --max-update)",
+        )
+        g.add_argument(
+            "--intra-passes", choices=["sequential", "concat"], default="sequential"
+        )
 
     @classmethod
     def from_args(cls, args, task) -> "IntraDistillationTerm":
@@ -60,13 +90,28 @@ class IntraDistillationTerm(Term):
         n = args.intra_max_updates or args.max_update
         if args.intra_adaptive:
             if not n:
-                raise NmtSdError("--intra-adaptive needs --max-update or --intra-max-updates")
+                raise NmtSdError(
+                    "--intra-adaptive needs --max-update or --intra-max-updates"
+                )
             if args.intra_q <= args.intra_p:
-                raise NmtSdError("--intra-adaptive needs --intra-q > --intra-p (else alpha never ramps up)")
+                raise NmtSdError(
+                    "--intra-adaptive needs --intra-q > --intra-p (else alpha never ramps up)"
+                )
             if args.intra_max_updates and args.intra_max_updates != args.max_update:
-                logger.warning(f"--intra-max-updates {args.intra_max_updates} differs from --max-update {args.max_update}")
-        return cls(args.intra_k, args.intra_alpha, args.intra_divergence, args.intra_adaptive,
-                   args.intra_p, args.intra_q, n, args.intra_passes, task.tgt_dict.pad())
+                logger.warning(
+                    f"--intra-max-updates {args.intra_max_updates} differs from --max-update {args.max_update}"
+                )
+        return cls(
+            args.intra_k,
+            args.intra_alpha,
+            args.intra_divergence,
+            args.intra_adaptive,
+            args.intra_p,
+            args.intra_q,
+            n,
+            args.intra_passes,
+            task.tgt_dict.pad(),
+        )
 
     def alpha_at(self, num_updates: int) -> float:
         if not self.adaptive:
@@ -76,7 +121,9 @@ class IntraDistillationTerm(Term):
     def forward(self, model, sample, passes, num_updates: int):
         pad_mask = sample["target"].eq(self.padding_idx)  # (B, T)
         # from the logits (chunked, analytic gradients): no float32 (K, B, T, V) copies kept
-        x = x_divergence_from_logits([p.logits for p in passes], pad_mask, self.divergence)
+        x = x_divergence_from_logits(
+            [p.logits for p in passes], pad_mask, self.divergence
+        )
         return self.from_divergence(x, sample, num_updates)
 
     def divergence_weight(self, num_updates: int) -> float:
@@ -85,7 +132,10 @@ class IntraDistillationTerm(Term):
     def from_divergence(self, x, sample, num_updates: int):
         alpha = self.alpha_at(num_updates)
         # alpha logged token-weighted, so the per-token reduction gives its mean
-        return alpha * x, {"intra_x": x.detach(), "intra_alpha": alpha * sample["ntokens"]}
+        return alpha * x, {
+            "intra_x": x.detach(),
+            "intra_alpha": alpha * sample["ntokens"],
+        }
 
 
 register_preset("intra_distillation", ["intra_distillation"])

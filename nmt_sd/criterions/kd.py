@@ -17,128 +17,111 @@ self and cross), summed over keys and non-pad queries, averaged over the mapped 
 The teacher (``--teacher-path``) runs once per batch in eval mode under no_grad; its
 weights are held outside the module tree, so they are never optimised nor saved. Each
 part is averaged over the student's passes (so λ means the same with R-Drop's 2 passes).
-Layer maps (``--kd-layer-map``, also ``--init-layer-map``): ``enc:1-2,3-6;dec:1-2,2-4``
-lists STUDENT-TEACHER layer pairs (1-based); a side left out is not distilled. Empty
-means the uniform map of every side: student layer i -> teacher layer ceil(i N_t / N_s).
+Layer maps (``--kd-layer-map``) and teacher loading are in ``kd_teacher.py``.
 """
-import os
 
 import torch
 import torch.nn as nn
 
 from nmt_sd.criterions.functional import attn_mse, hidden_mse, kd_kl
+from nmt_sd.criterions.kd_teacher import LayerMap, load_teacher, parse_layer_map
 from nmt_sd.criterions.objective import TERMS, Term, register_preset
 from nmt_sd.errors import NmtSdError
-
-SIDES = ("enc", "dec")
-LayerMap = dict[str, list[tuple[int, int]]]
-
-
-def uniform_layer_map(n_student: dict[str, int], n_teacher: dict[str, int]) -> LayerMap:
-    """Student layer i -> teacher layer ceil(i * N_t / N_s): every k-th layer, top to top."""
-    return {s: [(i, -(-i * n_teacher[s] // n_student[s])) for i in range(1, n_student[s] + 1)] for s in SIDES}
-
-
-def parse_layer_map(spec: str, n_student: dict[str, int], n_teacher: dict[str, int], flag: str) -> LayerMap:
-    """Parse and validate ``enc:1-2,3-6;dec:1-2`` (STUDENT-TEACHER pairs, 1-based)."""
-    if not (spec or "").strip():
-        return uniform_layer_map(n_student, n_teacher)
-    example = "expected e.g. 'enc:1-2,3-6;dec:1-2,2-4' (STUDENT-TEACHER layer pairs)"
-    out: LayerMap = {}
-    for part in (x.strip() for x in spec.split(";") if x.strip()):
-        side, _, pairs = part.partition(":")
-        side = side.strip()
-        if side not in SIDES or side in out:
-            raise NmtSdError(f"{flag}: bad or repeated side {side!r} in {spec!r}; {example}")
-        out[side] = []
-        for pair in (x.strip() for x in pairs.split(",") if x.strip()):
-            s, sep, t = pair.partition("-")
-            if not sep or not s.strip().isdigit() or not t.strip().isdigit():
-                raise NmtSdError(f"{flag}: cannot parse {pair!r} in {spec!r}; {example}")
-            s, t = int(s), int(t)
-            for who, layer, n in (("student", s, n_student[side]), ("teacher", t, n_teacher[side])):
-                if not 1 <= layer <= n:
-                    raise NmtSdError(f"{flag}: {side} {who} layer {layer} out of range 1..{n} in {spec!r}")
-            if s in [a for a, _ in out[side]]:
-                raise NmtSdError(f"{flag}: {side} student layer {s} is mapped twice in {spec!r}")
-            out[side].append((s, t))
-        if not out[side]:
-            raise NmtSdError(f"{flag}: no layer pairs for side {side!r} in {spec!r}; {example}")
-    return out
-
-
-def check_teacher_dictionaries(state, targs, src_dict, tgt_dict, path: str, flag: str) -> None:
-    """A teacher must share the student's dictionaries: same sizes (from its embeddings)
-    and, when its data directory is readable, the same symbols."""
-    from nmt_sd.data.dictionary import Dictionary
-
-    for side, d, key, lang in (("source", src_dict, "encoder.embed_tokens.weight", "source_lang"),
-                               ("target", tgt_dict, "decoder.output_projection.weight", "target_lang")):
-        n = state["model"][key].shape[0] if key in state["model"] else len(d)
-        if n != len(d):
-            raise NmtSdError(f"{flag} {path}: the teacher's {side} dictionary has {n} symbols but the "
-                             f"student's has {len(d)} (a teacher must share the student's dictionaries)")
-        dict_path = os.path.join(str(getattr(targs, "data", "")), f"dict.{getattr(targs, lang, None)}.txt")
-        if os.path.isfile(dict_path) and Dictionary.load(dict_path).symbols != d.symbols:
-            raise NmtSdError(f"{flag} {path}: the teacher's {side} dictionary {dict_path} differs from the "
-                             "student's (a teacher must share the student's dictionaries)")
-
-
-def load_teacher(path: str, src_dict, tgt_dict, flag: str = "--teacher-path"):
-    """Returns (frozen teacher model in eval mode on CPU, its checkpoint args)."""
-    from nmt_sd.generation.load import model_args_from_checkpoint
-    from nmt_sd.models import TransformerModel
-    from nmt_sd.training.checkpoint import load_checkpoint_file, load_model_state
-
-    state = load_checkpoint_file(path)
-    targs = model_args_from_checkpoint(state, path)
-    check_teacher_dictionaries(state, targs, src_dict, tgt_dict, path, flag)
-    teacher = TransformerModel.build_model(targs, src_dict, tgt_dict)
-    load_model_state(teacher, state["model"], path)
-    teacher.requires_grad_(False)
-    return teacher.eval(), targs
 
 
 def side_states(extra: dict, side: str, layer: int) -> torch.Tensor:
     """Output of 1-based ``layer``: (B, S, C) for enc, (B, T, C) for dec."""
-    return extra["encoder_states"][layer - 1] if side == "enc" else extra["inner_states"][layer]
+    return (
+        extra["encoder_states"][layer - 1]
+        if side == "enc"
+        else extra["inner_states"][layer]
+    )
 
 
 def side_attns(extra: dict, side: str, layer: int) -> list[torch.Tensor]:
     """Head-averaged attention maps of 1-based ``layer``: (B, Tq, Tk) each."""
     if side == "enc":
         return [extra["encoder_self_attns"][layer - 1]]
-    return [extra["decoder_self_attns"][layer - 1], extra["decoder_cross_attns"][layer - 1]]
+    return [
+        extra["decoder_self_attns"][layer - 1],
+        extra["decoder_cross_attns"][layer - 1],
+    ]
 
 
 @TERMS.register("kd")
 class KDTerm(Term):
-    def __init__(self, teacher, alpha: float, temperature: float, hidden_weight: float, attn_weight: float,
-                 layer_map: LayerMap, widths: dict[str, tuple[int, int]], padding_idx: int):
+    def __init__(
+        self,
+        teacher,
+        alpha: float,
+        temperature: float,
+        hidden_weight: float,
+        attn_weight: float,
+        layer_map: LayerMap,
+        widths: dict[str, tuple[int, int]],
+        padding_idx: int,
+    ):
         super().__init__()
-        object.__setattr__(self, "teacher", teacher)  # plain attribute: not a submodule, never saved
+        # plain attribute: not a submodule, never saved
+        object.__setattr__(self, "teacher", teacher)
         self.alpha, self.temperature = alpha, temperature
         self.hidden_weight, self.attn_weight = hidden_weight, attn_weight
         self.layer_map, self.padding_idx = layer_map, padding_idx
         self.ce_scale = 1.0 - alpha
-        self.needs_lprobs = temperature == 1.0  # reuse the passes' log-probs (shared with CE)
+        # reuse the passes' log-probs (shared with CE)
+        self.needs_lprobs = temperature == 1.0
         self.needs_hiddens, self.needs_attn = hidden_weight > 0, attn_weight > 0
         # one student->teacher map per side whose widths differ (TinyBERT's W_h)
-        self.proj = nn.ModuleDict({side: nn.Linear(*widths[side]) for side in layer_map
-                                   if self.needs_hiddens and widths[side][0] != widths[side][1]})
+        self.proj = nn.ModuleDict(
+            {
+                side: nn.Linear(*widths[side])
+                for side in layer_map
+                if self.needs_hiddens and widths[side][0] != widths[side][1]
+            }
+        )
 
     @staticmethod
     def add_args(parser) -> None:
         g = parser.add_argument_group("Teacher-student KD")
-        g.add_argument("--teacher-path", metavar="CKPT", help="trained nmt-sd teacher (same dictionaries)")
-        g.add_argument("--kd-alpha", type=float, default=0.5, metavar="L",
-                       help="lambda: weight of the KD term; CE gets 1-lambda")
-        g.add_argument("--kd-temperature", type=float, default=1.0, metavar="T",
-                       help="softmax temperature of both sides (T^2 scales the KL); 1 = word-level KD")
-        g.add_argument("--kd-hidden-weight", type=float, default=0.0, metavar="W", help="hidden-state MSE weight")
-        g.add_argument("--kd-attn-weight", type=float, default=0.0, metavar="W", help="attention-map MSE weight")
-        g.add_argument("--kd-layer-map", default="", metavar="MAP",
-                       help="STUDENT-TEACHER layer pairs, e.g. 'enc:1-2,3-6;dec:1-2,2-4' (default: uniform)")
+        g.add_argument(
+            "--teacher-path",
+            metavar="CKPT",
+            help="trained nmt-sd teacher (same dictionaries)",
+        )
+        g.add_argument(
+            "--kd-alpha",
+            type=float,
+            default=0.5,
+            metavar="L",
+            help="lambda: weight of the KD term; CE gets 1-lambda",
+        )
+        g.add_argument(
+            "--kd-temperature",
+            type=float,
+            default=1.0,
+            metavar="T",
+            help="softmax temperature of both sides (T^2 scales the KL); 1 = word-level KD",
+        )
+        g.add_argument(
+            "--kd-hidden-weight",
+            type=float,
+            default=0.0,
+            metavar="W",
+            help="hidden-state MSE weight",
+        )
+        g.add_argument(
+            "--kd-attn-weight",
+            type=float,
+            default=0.0,
+            metavar="W",
+            help="attention-map MSE weight",
+        )
+        g.add_argument(
+            "--kd-layer-map",
+            default="",
+            metavar="MAP",
+            help="STUDENT-TEACHER layer pairs, e.g. 'enc:1-2,3-6;dec:1-2,2-4' (default: uniform)",
+        )
 
     @classmethod
     def from_args(cls, args, task) -> "KDTerm":
@@ -154,20 +137,34 @@ class KDTerm(Term):
         n_s = {"enc": args.encoder_layers, "dec": args.decoder_layers}
         n_t = {"enc": targs.encoder_layers, "dec": targs.decoder_layers}
         layer_map = parse_layer_map(args.kd_layer_map, n_s, n_t, "--kd-layer-map")
-        widths = {"enc": (args.encoder_embed_dim, targs.encoder_embed_dim),
-                  "dec": (args.decoder_embed_dim, targs.decoder_embed_dim)}
-        return cls(teacher, args.kd_alpha, args.kd_temperature, args.kd_hidden_weight, args.kd_attn_weight,
-                   layer_map, widths, task.tgt_dict.pad())
+        widths = {
+            "enc": (args.encoder_embed_dim, targs.encoder_embed_dim),
+            "dec": (args.decoder_embed_dim, targs.decoder_embed_dim),
+        }
+        return cls(
+            teacher,
+            args.kd_alpha,
+            args.kd_temperature,
+            args.kd_hidden_weight,
+            args.kd_attn_weight,
+            layer_map,
+            widths,
+            task.tgt_dict.pad(),
+        )
 
     def run_teacher(self, sample) -> tuple[torch.Tensor, dict]:
         """The teacher's logits (B, T, V) and extras, once per batch, frozen."""
         device = sample["target"].device
         if next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)  # lazily: criterion.to() does not reach a plain attribute
+            # lazily: criterion.to() does not reach a plain attribute
+            self.teacher.to(device)
         self.teacher.eval()
         with torch.no_grad():
-            return self.teacher(**sample["net_input"], return_all_hiddens=self.needs_hiddens,
-                                need_attn=self.needs_attn)
+            return self.teacher(
+                **sample["net_input"],
+                return_all_hiddens=self.needs_hiddens,
+                need_attn=self.needs_attn,
+            )
 
     def student_lprobs(self, p) -> torch.Tensor:  # (B, T, V) float32 at temperature T
         if self.temperature == 1.0:
@@ -182,7 +179,9 @@ class KDTerm(Term):
             for side, s, t in pairs:
                 h = side_states(p.extra, side, s)  # (B, T, C_s)
                 h = self.proj[side](h) if side in self.proj else h  # (B, T, C_t)
-                total = total + hidden_mse(h, side_states(t_extra, side, t), masks[side])
+                total = total + hidden_mse(
+                    h, side_states(t_extra, side, t), masks[side]
+                )
         return total / (len(passes) * max(len(pairs), 1))
 
     def attn_loss(self, passes, t_extra: dict, masks: dict) -> torch.Tensor:
@@ -191,17 +190,25 @@ class KDTerm(Term):
         for p in passes:
             for side, lst in self.layer_map.items():
                 for s, t in lst:
-                    for a_s, a_t in zip(side_attns(p.extra, side, s), side_attns(t_extra, side, t)):
+                    for a_s, a_t in zip(
+                        side_attns(p.extra, side, s), side_attns(t_extra, side, t)
+                    ):
                         total = total + attn_mse(a_s, a_t, masks[side])
                         n_maps += 1
         return total / max(n_maps, 1)
 
     def forward(self, model, sample, passes, num_updates: int):
         t_logits, t_extra = self.run_teacher(sample)
-        masks = {"dec": sample["target"].eq(self.padding_idx),  # (B, T)
-                 "enc": t_extra["encoder_out"].padding_mask}  # (B, S)
-        t_lprobs = torch.log_softmax(t_logits.float() / self.temperature, dim=-1)  # (B, T, V)
-        kl = sum(kd_kl(self.student_lprobs(p), t_lprobs, masks["dec"]) for p in passes) / len(passes)
+        # (B, S)
+        masks = {
+            "dec": sample["target"].eq(self.padding_idx),  # (B, T)
+            "enc": t_extra["encoder_out"].padding_mask,
+        }
+        # (B, T, V)
+        t_lprobs = torch.log_softmax(t_logits.float() / self.temperature, dim=-1)
+        kl = sum(
+            kd_kl(self.student_lprobs(p), t_lprobs, masks["dec"]) for p in passes
+        ) / len(passes)
         loss = self.alpha * self.temperature**2 * kl
         logs = {"kd_loss": kl.detach()}
         if self.hidden_weight > 0:

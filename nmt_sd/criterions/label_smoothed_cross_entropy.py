@@ -4,6 +4,7 @@ L = sum_t [(1 - eps - eps/(V-1)) * -log p(y_t) + eps/(V-1) * sum_v -log p(v)],
 summed over non-pad target tokens; the trainer divides by ``sample_size`` (= ntokens).
 It is the composite objective with no terms (``nmt_sd/criterions/objective.py``).
 """
+
 import math
 from typing import Dict, List
 

@@ -22,21 +22,29 @@ switches distillation off (the official (CE + 0·KD)/2 would halve the CE);
 ``--lssd-interpolate`` gives (1−w)·CE + w·KD; a mixed-language batch is a one-line error
 instead of an assertion; teacher copies use the training precision instead of fp16.
 """
+
 import contextlib
 import logging
 
 import torch
 
 from nmt_sd.criterions.fused import gold_probs, soft_cross_entropy_from_logits
-from nmt_sd.criterions.lssd_teachers import DTYPES, TeacherBook, TeacherStore
+from nmt_sd.criterions.lssd_config import add_args, term_kwargs
+from nmt_sd.criterions.lssd_teachers import TeacherBook, TeacherStore
 from nmt_sd.criterions.objective import TERMS, Term, register_preset
 from nmt_sd.errors import NmtSdError
 
 logger = logging.getLogger(__name__)
 
 
-def gate_weights(p_s: torch.Tensor, p_t: torch.Tensor, pad_mask: torch.Tensor, gate: str,
-                 level: str = "token", low: float = 0.2) -> torch.Tensor:
+def gate_weights(
+    p_s: torch.Tensor,
+    p_t: torch.Tensor,
+    pad_mask: torch.Tensor,
+    gate: str,
+    level: str = "token",
+    low: float = 0.2,
+) -> torch.Tensor:
     """Per-token KD weights g (B, T), 0 at pads.
 
     Args:
@@ -51,7 +59,8 @@ def gate_weights(p_s: torch.Tensor, p_t: torch.Tensor, pad_mask: torch.Tensor, g
         return keep
     if level == "sentence":
         n = keep.sum(1, keepdim=True).clamp(min=1.0)  # (B, 1)
-        p_s, p_t = (p_s * keep).sum(1, keepdim=True), (p_t * keep).sum(1, keepdim=True)  # sums (B, 1)
+        p_s = (p_s * keep).sum(1, keepdim=True)  # sums (B, 1)
+        p_t = (p_t * keep).sum(1, keepdim=True)
         if gate == "adaptive":
             p_s, p_t = p_s / n, p_t / n  # means
         p_s, p_t = p_s.expand_as(keep), p_t.expand_as(keep)
@@ -64,69 +73,42 @@ def gate_weights(p_s: torch.Tensor, p_t: torch.Tensor, pad_mask: torch.Tensor, g
     return g * keep
 
 
-def key_side(pairs: list[tuple[str, str]], choice: str) -> str:
-    """Which side names a batch's language: src for many-to-one, else tgt."""
-    if choice != "auto":
-        return choice
-    return "src" if len({t for _, t in pairs}) == 1 else "tgt"
-
-
 @TERMS.register("lssd")
 class LSSDTerm(Term):
-    def __init__(self, pairs, langs, side: str, weight: float, gate: str, level: str, low: float, warmup: int,
-                 interpolate: bool, teacher_dtype: torch.dtype, save_dir, padding_idx: int, lang_masks=None):
+    def __init__(
+        self,
+        pairs,
+        langs,
+        side: str,
+        weight: float,
+        gate: str,
+        level: str,
+        low: float,
+        warmup: int,
+        interpolate: bool,
+        teacher_dtype: torch.dtype,
+        save_dir,
+        padding_idx: int,
+        lang_masks=None,
+    ):
         super().__init__()
         self.pairs, self.langs, self.side = pairs, langs, side
         self.weight, self.gate, self.level, self.low = weight, gate, level, low
         self.interpolate, self.teacher_dtype = interpolate, teacher_dtype
         self.padding_idx = padding_idx
         self.book, self.epoch = TeacherBook(warmup), 1
-        self.teachers = TeacherStore(save_dir, teacher_dtype)  # a plain object: never saved or optimised
+        # a plain object: never saved or optimised
+        self.teachers = TeacherStore(save_dir, teacher_dtype)
         self.mask_rows = {lang: i for i, lang in enumerate(lang_masks or {})}
         if lang_masks:
-            self.register_buffer("lang_masks", torch.stack(list(lang_masks.values())), persistent=False)  # (L, V)
+            masks = torch.stack(list(lang_masks.values()))  # (L, V)
+            self.register_buffer("lang_masks", masks, persistent=False)
 
-    @staticmethod
-    def add_args(parser) -> None:
-        g = parser.add_argument_group("LSSD (language-specific self-distillation)")
-        g.add_argument("--lssd-weight", type=float, default=1.0, metavar="W",
-                       help="w: KD weight; distilled batches get (CE + w KD)/2 (official --online-distillation-weight)")
-        g.add_argument("--lssd-gate", choices=["whole", "selective", "adaptive"], default="whole")
-        g.add_argument("--lssd-gate-level", choices=["token", "sentence"], default="token",
-                       help="gate on each token or on whole sentences (the adaptive scripts use sentence)")
-        g.add_argument("--lssd-selective-low", type=float, default=0.2, metavar="G",
-                       help="selective gate's weight where the teacher is not better (paper: 0.2)")
-        g.add_argument("--lssd-warmup-epochs", type=int, default=1, metavar="N", help="no distillation in epochs <= N")
-        g.add_argument("--lssd-interpolate", action="store_true", help="(1-w) CE + w KD instead of (CE + w KD)/2")
-        g.add_argument("--lssd-language-aware", action="store_true",
-                       help="restrict the teacher to the target language's vocabulary (one-to-many scripts)")
-        g.add_argument("--lssd-key", choices=["auto", "src", "tgt"], default="auto",
-                       help="a batch's language: auto = source for many-to-one, else target")
-        g.add_argument("--lssd-teacher-dtype", choices=["auto", *DTYPES], default="auto",
-                       help="teacher copies' precision (auto: the training precision)")
+    add_args = staticmethod(add_args)  # the --lssd-* flags: lssd_config.py
 
     @classmethod
     def from_args(cls, args, task) -> "LSSDTerm":
-        if args.lssd_weight < 0 or (args.lssd_interpolate and args.lssd_weight > 1):
-            raise NmtSdError(f"--lssd-weight must be >= 0 (<= 1 with --lssd-interpolate), got {args.lssd_weight}")
-        if not 0.0 <= args.lssd_selective_low <= 1.0 or args.lssd_warmup_epochs < 0:
-            raise NmtSdError("--lssd-selective-low must be in [0, 1] and --lssd-warmup-epochs >= 0")
-        if getattr(args, "disable_validation", False):
-            raise NmtSdError("the lssd term picks teachers by validation loss: remove --disable-validation")
-        pairs = list(getattr(task, "lang_pairs", None) or [(args.source_lang, args.target_lang)])
-        langs = list(getattr(task, "langs", None) or sorted({x for p in pairs for x in p}))
-        masks = None
-        if args.lssd_language_aware:
-            if not hasattr(task, "lang_vocab_mask"):
-                raise NmtSdError("--lssd-language-aware needs --task multilingual_translation")
-            masks = {lang: task.lang_vocab_mask(lang) for lang in sorted({t for _, t in pairs})}
-        name = args.lssd_teacher_dtype
-        if name == "auto":
-            name = "bf16" if getattr(args, "bf16", False) else ("fp16" if getattr(args, "fp16", False) else "fp32")
-        save_dir = None if getattr(args, "no_save", False) else getattr(args, "save_dir", None)
-        return cls(pairs, langs, key_side(pairs, args.lssd_key), args.lssd_weight, args.lssd_gate,
-                   args.lssd_gate_level, args.lssd_selective_low, args.lssd_warmup_epochs, args.lssd_interpolate,
-                   DTYPES[name], save_dir, task.tgt_dict.pad(), masks)
+        return cls(**term_kwargs(args, task))
 
     # -- bookkeeping (training loop hooks) ---------------------------------
     def language_losses(self, per_pair: dict) -> dict[str, float]:
@@ -134,34 +116,45 @@ class LSSDTerm(Term):
         grouped: dict[str, list[float]] = {}
         for src, tgt in self.pairs:
             stats = per_pair.get(f"{src}-{tgt}")
+            lang = src if self.side == "src" else tgt
             if stats is not None:
-                grouped.setdefault(src if self.side == "src" else tgt, []).append(float(stats["loss"]))
+                grouped.setdefault(lang, []).append(float(stats["loss"]))
         return {lang: sum(v) / len(v) for lang, v in grouped.items()}
 
-    def on_validation_end(self, epoch: int, per_pair: dict, model, end_of_epoch: bool) -> dict:
+    def on_validation_end(
+        self, epoch: int, per_pair: dict, model, end_of_epoch: bool
+    ) -> dict:
         if not end_of_epoch:  # teachers change at epoch ends only
             return {}
         old_files = self.book.teacher_epochs()
         improved = self.book.update(epoch, self.language_losses(per_pair))
         if improved and self.weight > 0:
             self.teachers.add(epoch, model)
-        self.teachers.keep(self.book.teacher_epochs(), files=old_files | self.book.teacher_epochs())
+        kept = self.book.teacher_epochs()
+        self.teachers.keep(kept, files=old_files | kept)
         mb = self.teachers.megabytes()
-        logger.info(f"lssd epoch {epoch}: teachers updated for {','.join(improved) or 'none'}; "
-                    f"{len(self.copies)} teacher copies (epochs {sorted(self.copies)}), {mb:.1f} MB")
-        out = {"lssd_updated": ",".join(improved) or "-", "lssd_teacher_copies": len(self.copies),
-               "lssd_teacher_mb": round(mb, 2)}
-        out.update({f"lssd_best_epoch_{lang}": e for lang, e in sorted(self.book.best_epoch.items())})
+        logger.info(
+            f"lssd epoch {epoch}: teachers updated for {','.join(improved) or 'none'}; "
+            f"{len(self.copies)} teacher copies (epochs {sorted(self.copies)}), {mb:.1f} MB"
+        )
+        out = {
+            "lssd_updated": ",".join(improved) or "-",
+            "lssd_teacher_copies": len(self.copies),
+            "lssd_teacher_mb": round(mb, 2),
+        }
+        for lang, e in sorted(self.book.best_epoch.items()):
+            out[f"lssd_best_epoch_{lang}"] = e
         return out
 
     def on_epoch_begin(self, epoch: int, model) -> None:
         self.epoch = epoch
         self.ensure_teachers(model)
         if self.weight > 0 and self.book.best_epoch:
-            logger.info(f"lssd epoch {epoch}: distilling {','.join(self.distilled_langs(epoch)) or 'no language'}")
+            langs = ",".join(self.distilled_langs(epoch)) or "no language"
+            logger.info(f"lssd epoch {epoch}: distilling {langs}")
 
     def distilled_langs(self, epoch: int) -> list[str]:
-        return [lang for lang in sorted(self.book.best_epoch) if self.book.distils(lang, epoch)]
+        return [x for x in sorted(self.book.best_epoch) if self.book.distils(x, epoch)]
 
     @property
     def copies(self) -> dict:
@@ -188,12 +181,15 @@ class LSSDTerm(Term):
             return self.pairs[0][0 if self.side == "src" else 1]
         lo, hi = int(ids.min()), int(ids.max())
         if lo != hi:
-            raise NmtSdError(f"lssd: a batch mixes {self.side} languages {self.langs[lo]} and {self.langs[hi]}; "
-                             "LSSD needs one language per batch (--task multilingual_translation batches one pair)")
+            raise NmtSdError(
+                f"lssd: a batch mixes {self.side} languages {self.langs[lo]} and {self.langs[hi]}; "
+                "LSSD needs one language per batch (--task multilingual_translation batches one pair)"
+            )
         return self.langs[lo]
 
     def distils(self, sample) -> bool:
-        return self.weight > 0 and self.book.distils(self.batch_lang(sample), self.epoch)
+        lang = self.batch_lang(sample)
+        return self.weight > 0 and self.book.distils(lang, self.epoch)
 
     def ce_scale_for(self, sample) -> float:
         if not self.distils(sample):
@@ -209,19 +205,27 @@ class LSSDTerm(Term):
         if next(teacher.parameters()).device != device:
             teacher.to(device)  # lazily: criterion.to() does not reach the copies
         teacher.eval()
-        half = self.teacher_dtype != torch.float32  # half weights need autocast even in a float32 run
-        amp = torch.autocast(device.type, dtype=self.teacher_dtype) if half else contextlib.nullcontext()
+        amp = (
+            contextlib.nullcontext()
+        )  # half weights need autocast even in float32 runs
+        if self.teacher_dtype != torch.float32:
+            amp = torch.autocast(device.type, dtype=self.teacher_dtype)
         with torch.no_grad(), amp:
             logits, _ = teacher(**sample["net_input"])
         if self.mask_rows:
-            tgt = self.langs[int(sample["tgt_lang_id"][0])] if "tgt_lang_id" in sample else self.pairs[0][1]
-            logits = logits.masked_fill(~self.lang_masks[self.mask_rows[tgt]], float("-inf"))
+            tgt = self.pairs[0][1]
+            if "tgt_lang_id" in sample:
+                tgt = self.langs[int(sample["tgt_lang_id"][0])]
+            vocab = self.lang_masks[self.mask_rows[tgt]]  # (V,)
+            logits = logits.masked_fill(~vocab, float("-inf"))
         return logits
 
     def forward(self, model, sample, passes, num_updates: int):
         lang = self.batch_lang(sample)
-        logs = {"lssd_kd": 0.0, "lssd_distilled": 0, **{f"lssd_kd_{x}": 0.0 for x in self.logged_langs()}}
-        if not self.distils(sample):  # the same keys on every batch: workers reduce one key list
+        # the same keys on every batch: workers reduce one key list
+        logs = {f"lssd_kd_{x}": 0.0 for x in self.logged_langs()}
+        logs.update(lssd_kd=0.0, lssd_distilled=0)
+        if not self.distils(sample):
             return torch.zeros((), device=sample["target"].device), logs
         target = sample["target"]  # (B, T)
         pad = target.eq(self.padding_idx)
@@ -231,10 +235,12 @@ class LSSDTerm(Term):
         for p in passes:  # averaged over the student's passes
             g = None
             if p_t is not None:
-                g = gate_weights(p.gold_probs(target), p_t, pad, self.gate, self.level, self.low)
+                p_s = p.gold_probs(target)  # (B, T)
+                g = gate_weights(p_s, p_t, pad, self.gate, self.level, self.low)
             kd = kd + soft_cross_entropy_from_logits(p.logits, t_logits, pad, weights=g)
         kd = kd / len(passes)
-        logs.update({"lssd_kd": kd.detach(), f"lssd_kd_{lang}": kd.detach(), "lssd_distilled": sample["ntokens"]})
+        logs.update(lssd_kd=kd.detach(), lssd_distilled=sample["ntokens"])
+        logs[f"lssd_kd_{lang}"] = kd.detach()
         return (self.weight if self.interpolate else 0.5 * self.weight) * kd, logs
 
     def logged_langs(self) -> list[str]:

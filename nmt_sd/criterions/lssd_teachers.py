@@ -23,6 +23,7 @@ model checkpoint). On resume a teacher is reloaded from its file or, failing tha
 ``checkpoint{EPOCH}.pt`` (the official code's only source). Memory: at most one copy per
 language, reported.
 """
+
 import copy
 import glob
 import logging
@@ -51,20 +52,33 @@ class TeacherBook:
     def update(self, epoch: int, losses: dict[str, float]) -> list[str]:
         """Record this epoch's per-language losses; returns the languages whose teacher
         is replaced by the current model (new best, or first validation)."""
-        improved = [lang for lang in sorted(losses) if lang not in self.best_loss or losses[lang] < self.best_loss[lang]]
+        improved = [
+            lang
+            for lang in sorted(losses)
+            if lang not in self.best_loss or losses[lang] < self.best_loss[lang]
+        ]
         for lang in improved:
-            self.best_loss[lang], self.best_epoch[lang] = float(losses[lang]), int(epoch)
+            self.best_loss[lang], self.best_epoch[lang] = (
+                float(losses[lang]),
+                int(epoch),
+            )
         return improved
 
     def distils(self, lang: str, epoch: int) -> bool:
-        return epoch > self.warmup and lang in self.best_epoch and epoch - self.best_epoch[lang] > 1
+        return (
+            epoch > self.warmup
+            and lang in self.best_epoch
+            and epoch - self.best_epoch[lang] > 1
+        )
 
     def teacher_epochs(self) -> set[int]:
         return set(self.best_epoch.values())
 
     def langs_of(self, epoch: int) -> str:
         """The languages whose teacher is ``epoch``'s model, comma-joined (for messages)."""
-        return ",".join(lang for lang, e in sorted(self.best_epoch.items()) if e == epoch)
+        return ",".join(
+            lang for lang, e in sorted(self.best_epoch.items()) if e == epoch
+        )
 
     def state_dict(self) -> dict:
         return {"best_loss": dict(self.best_loss), "best_epoch": dict(self.best_epoch)}
@@ -110,7 +124,10 @@ class TeacherStore:
         self.copies[epoch] = frozen_copy(model, self.dtype)
         if self.save_dir and dist_utils.is_master():
             os.makedirs(self.save_dir, exist_ok=True)
-            state = {"model": self.copies[epoch].state_dict(), "args": {"lssd_teacher_epoch": epoch}}
+            state = {
+                "model": self.copies[epoch].state_dict(),
+                "args": {"lssd_teacher_epoch": epoch},
+            }
             atomic_save(state, self.path(epoch))
 
     def keep(self, epochs: set[int], files: set[int]) -> None:
@@ -134,15 +151,23 @@ class TeacherStore:
 
         for epoch in sorted(book.teacher_epochs() - set(self.copies)):
             langs = book.langs_of(epoch)
-            paths = [self.path(epoch), os.path.join(self.save_dir, f"checkpoint{epoch}.pt")] if self.save_dir else []
+            paths = (
+                [self.path(epoch), os.path.join(self.save_dir, f"checkpoint{epoch}.pt")]
+                if self.save_dir
+                else []
+            )
             path = next((p for p in paths if os.path.isfile(p)), None)
             if path is None:
-                raise NmtSdError(f"lssd: the teacher of {langs} (epoch {epoch}) is gone: "
-                                 f"{paths[0] if paths else '--save-dir'} not found (nor checkpoint{epoch}.pt)")
+                raise NmtSdError(
+                    f"lssd: the teacher of {langs} (epoch {epoch}) is gone: "
+                    f"{paths[0] if paths else '--save-dir'} not found (nor checkpoint{epoch}.pt)"
+                )
             teacher = frozen_copy(model, self.dtype)
             load_model_state(teacher, load_checkpoint_file(path)["model"], path)
             self.copies[epoch] = teacher
-            logger.info(f"lssd: reloaded the teacher of {langs} (epoch {epoch}) from {path}")
+            logger.info(
+                f"lssd: reloaded the teacher of {langs} (epoch {epoch}) from {path}"
+            )
 
     def megabytes(self) -> float:
         return sum(teacher_bytes(m) for m in self.copies.values()) / 2**20

@@ -1,15 +1,25 @@
 """Cross-entropy over K stochastic passes plus their consistency term (R-Drop's symmetric KL
 or Intra-Distillation's X-divergence) in one chunked sweep over the passes' logits: the
-objective's fast path, with the values and gradients of the references in ``functional.py``."""
+objective's fast path, with the values and gradients of the references in ``functional.py``.
+"""
+
 import math
 from typing import Optional, Tuple
 
 import torch
 
-from nmt_sd.criterions.fused import log_probs_and_probs, sum_over_passes, x_centre, xdiv_from_lprobs, zero_rows
+from nmt_sd.criterions.fused import (
+    log_probs_and_probs,
+    sum_over_passes,
+    x_centre,
+    xdiv_from_lprobs,
+    zero_rows,
+)
 
 
-def _float_chunk(zs, s: int, c: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _float_chunk(
+    zs, s: int, c: int, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Rows s..s+c of the K passes as one float32 (K, c, V) tensor, written into ``out``
     when it has the right shape: ``zs`` is one (K, N, V) tensor or K (N, V) tensors. Each
     pass is copied on its own (contiguous rows convert bf16 -> float32 fastest)."""
@@ -35,7 +45,9 @@ def _softmax_parts(z: torch.Tensor, t: torch.Tensor):
     return a, p, lse, lse - z_gold, z.size(-1) * lse - z_sum
 
 
-def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_div, s_i=None):
+def _multi_pass_chunk_grad(
+    a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_div, s_i=None
+):
     """d (g_loss * CE + g_nll * NLL + g_div * divergence) / d logits for one chunk of the
     K passes, where g_gold = g_loss (1 - eps - eps_i) + g_nll and g_all = g_loss eps_i.
 
@@ -59,13 +71,16 @@ def _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i: float, g_gold, g_all, g_d
             g = torch.add(row, a, alpha=gd, out=a).mul_(p)
         else:
             g = a.mul_(gd).add_(row).mul_(p)
-        g.sub_(sum_over_passes(p).mul_(gd / k).add_(g_all))  # the p_bar and CE's -g_all terms in one pass
+        # the p_bar and CE's -g_all terms in one pass
+        g.sub_(sum_over_passes(p).mul_(gd / k).add_(g_all))
     elif kind == "js":
         _, g_div_z = xdiv_from_lprobs(a, p, kind, True)
         g = p.mul(g_ce).add_(g_div_z.mul_(g_div)).sub_(g_all)
     else:
         g = p.mul_(g_ce).sub_(g_all)
-    gold = torch.as_tensor(-g_gold, dtype=g.dtype, device=g.device).expand(k, t.size(0), 1)
+    gold = torch.as_tensor(-g_gold, dtype=g.dtype, device=g.device).expand(
+        k, t.size(0), 1
+    )
     g.scatter_add_(-1, t.view(1, -1, 1).expand(k, -1, 1), gold)
     return zero_rows(g, drop, dim=1)
 
@@ -98,11 +113,17 @@ class _MultiPassCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, target, keep, epsilon: float, kind, chunk: int, weights, rows_out, *zs):
+    def forward(
+        ctx, target, keep, epsilon: float, kind, chunk: int, weights, rows_out, *zs
+    ):
         k = zs[0].size(0) if len(zs) == 1 else len(zs)
         n, vocab = target.size(0), zs[0].size(-1)
         eps_i = epsilon / (vocab - 1)
-        early = weights is not None and ctx.needs_input_grad[7] and target.device.type == "cpu"
+        early = (
+            weights is not None
+            and ctx.needs_input_grad[7]
+            and target.device.type == "cpu"
+        )
         grads = [torch.empty_like(z) for z in zs] if early else None
         lse = torch.empty(k, n, dtype=torch.float32, device=target.device)
         nll = torch.zeros((), dtype=torch.float32, device=target.device)
@@ -118,7 +139,9 @@ class _MultiPassCE(torch.autograd.Function):
             nll += nll_rows.masked_fill(drop, 0.0).sum()
             smooth += smooth_rows.masked_fill(drop, 0.0).sum()
             s_i = None
-            if kind == "x":  # X = 1/K sum_i s_i, s_i = sum_v p_i (a_i - a_bar) (a is centred in place)
+            if (
+                kind == "x"
+            ):  # X = 1/K sum_i s_i, s_i = sum_v p_i (a_i - a_bar) (a is centred in place)
                 s_i = x_centre(a, p)
                 div += s_i.sum(0).squeeze(-1).masked_fill(drop, 0.0).sum() / k
             elif kind == "js":
@@ -126,8 +149,18 @@ class _MultiPassCE(torch.autograd.Function):
                 div += rows.masked_fill(drop, 0.0).sum()
             if early:
                 w_loss, w_div = weights
-                g = _multi_pass_chunk_grad(a, p, t, drop, kind, eps_i, w_loss * (1.0 - epsilon - eps_i),
-                                           w_loss * eps_i, w_div, s_i)
+                g = _multi_pass_chunk_grad(
+                    a,
+                    p,
+                    t,
+                    drop,
+                    kind,
+                    eps_i,
+                    w_loss * (1.0 - epsilon - eps_i),
+                    w_loss * eps_i,
+                    w_div,
+                    s_i,
+                )
                 _store_chunk(grads, g, s, chunk)
         ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None
         ctx.save_for_backward(target, keep, lse, *zs)
@@ -144,25 +177,46 @@ class _MultiPassCE(torch.autograd.Function):
         zero = torch.zeros((), dtype=torch.float32, device=target.device)
         grad_loss = zero if grad_loss is None else grad_loss
         grad_div = zero if grad_div is None else grad_div
-        if early is not None and grad_nll is None and _same(grad_loss, weights[0]) and _same(grad_div, weights[1]):
+        if (
+            early is not None
+            and grad_nll is None
+            and _same(grad_loss, weights[0])
+            and _same(grad_div, weights[1])
+        ):
             return (None,) * 7 + tuple(early)
         grad_nll = zero if grad_nll is None else grad_nll
         k, n = lse.shape
         eps_i = epsilon / (zs[0].size(-1) - 1)
-        g_gold = grad_loss * (1.0 - epsilon - eps_i) + grad_nll  # weight on -log p(gold)
+        # weight on -log p(gold)
+        g_gold = grad_loss * (1.0 - epsilon - eps_i) + grad_nll
         g_all = grad_loss * eps_i  # weight on -log p(v), every v
         grads = [torch.empty_like(z) for z in zs]
         for s in range(0, n, chunk):
-            a = _float_chunk(zs, s, chunk).sub_(lse[:, s : s + chunk].unsqueeze(-1))  # (K, c, V) log-probs
-            g = _multi_pass_chunk_grad(a, a.exp(), target[s : s + chunk], ~keep[s : s + chunk], kind, eps_i,
-                                       g_gold, g_all, grad_div)
+            # (K, c, V) log-probs
+            a = _float_chunk(zs, s, chunk).sub_(lse[:, s : s + chunk].unsqueeze(-1))
+            g = _multi_pass_chunk_grad(
+                a,
+                a.exp(),
+                target[s : s + chunk],
+                ~keep[s : s + chunk],
+                kind,
+                eps_i,
+                g_gold,
+                g_all,
+                grad_div,
+            )
             _store_chunk(grads, g, s, chunk)
         return (None,) * 7 + tuple(grads)
 
 
 def multi_pass_ce_from_logits(
-    logits, target: torch.Tensor, epsilon: float, ignore_index: int,
-    divergence=None, chunk: int = 32, weights: Optional[Tuple[float, float]] = None,
+    logits,
+    target: torch.Tensor,
+    epsilon: float,
+    ignore_index: int,
+    divergence=None,
+    chunk: int = 32,
+    weights: Optional[Tuple[float, float]] = None,
     nll_rows: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Label-smoothed CE of K passes and their divergence to the mean, fused.
@@ -192,4 +246,6 @@ def multi_pass_ce_from_logits(
         zs = (logits.reshape(logits.size(0), -1, logits.size(-1)),)
     else:
         zs = tuple(z.reshape(-1, z.size(-1)) for z in logits)
-    return _MultiPassCE.apply(flat_t, keep, epsilon, divergence, chunk, weights, nll_rows, *zs)
+    return _MultiPassCE.apply(
+        flat_t, keep, epsilon, divergence, chunk, weights, nll_rows, *zs
+    )

@@ -9,6 +9,7 @@ one file each, registered in ``TERMS``; ``--criterion NAME`` is a preset of term
 ``--terms a,b`` adds more. The objective never mutates ``sample`` and never calls
 backward. In eval mode (validation) it is plain single-pass label-smoothed CE.
 """
+
 import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -57,7 +58,9 @@ class Term(nn.Module):
     def on_epoch_begin(self, epoch: int, model) -> None:
         """Forwarded from the training loop (see ``Criterion.on_epoch_begin``)."""
 
-    def on_validation_end(self, epoch: int, per_pair: dict, model, end_of_epoch: bool) -> dict:
+    def on_validation_end(
+        self, epoch: int, per_pair: dict, model, end_of_epoch: bool
+    ) -> dict:
         """Forwarded from the training loop (see ``Criterion.on_validation_end``)."""
         return {}
 
@@ -77,6 +80,8 @@ def unwrap(model):
     """The model itself, also when wrapped in DistributedDataParallel (to reach
     ``model.encoder`` / ``model.decoder`` from a term)."""
     return getattr(model, "module", model)
+
+
 PRESET_TERMS: Dict[str, List[str]] = {}
 
 
@@ -87,8 +92,12 @@ class Pass:
     logits: torch.Tensor
     extra: Dict = field(default_factory=dict)
     _lprobs: Optional[torch.Tensor] = None
-    group: Optional[torch.Tensor] = None  # (K*B, T, V) concatenated forward these logits come from
-    gold_nll: Optional[torch.Tensor] = None  # (B, T) detached -log p(gold), left by the fused CE sweep
+    group: Optional[torch.Tensor] = (
+        None  # (K*B, T, V) concatenated forward these logits come from
+    )
+    gold_nll: Optional[torch.Tensor] = (
+        None  # (B, T) detached -log p(gold), left by the fused CE sweep
+    )
 
     @property
     def lprobs(self) -> torch.Tensor:  # (B, T, V) float32
@@ -121,12 +130,16 @@ def split_batch(obj, k: int, i: int):
 def run_passes(model, net_input: Dict, k: int, mode: str, **model_kw) -> List[Pass]:
     """K passes with independent dropout masks: one forward over the batch repeated K
     times (``concat``, R-Drop's official way) or K forwards (``sequential``). Each Pass
-    carries its own logits (B, T, V) and extras (``encoder_out``, hidden states, ...)."""
+    carries its own logits (B, T, V) and extras (``encoder_out``, hidden states, ...).
+    """
     if k == 1 or mode == "sequential":
         return [Pass(*model(**net_input, **model_kw)) for _ in range(k)]
     rep = {name: t.repeat(k, *([1] * (t.dim() - 1))) for name, t in net_input.items()}
     logits, extra = model(**rep, **model_kw)  # (K*B, T, V)
-    return [Pass(logits.chunk(k, dim=0)[i], split_batch(extra, k, i), group=logits) for i in range(k)]
+    return [
+        Pass(logits.chunk(k, dim=0)[i], split_batch(extra, k, i), group=logits)
+        for i in range(k)
+    ]
 
 
 def pass_logits(passes: List[Pass]):
@@ -162,14 +175,21 @@ class Objective(Criterion):
         self.terms = nn.ModuleList(TERMS.get(n).from_args(args, task) for n in names)
         consistency = [t for t in self.terms if t.consistency]
         if len(consistency) > 1:
-            raise NmtSdError(f"--terms: choose one consistency term, got {[type(t).__name__ for t in consistency]}")
+            raise NmtSdError(
+                f"--terms: choose one consistency term, got {[type(t).__name__ for t in consistency]}"
+            )
         self.consistency = consistency[0] if consistency else None
         self.num_updates = 0
 
     @staticmethod
     def add_args(parser) -> None:
-        parser.add_argument("--label-smoothing", type=float, default=0.0, metavar="D",
-                            help="epsilon for label smoothing, 0 means none")
+        parser.add_argument(
+            "--label-smoothing",
+            type=float,
+            default=0.0,
+            metavar="D",
+            help="epsilon for label smoothing, 0 means none",
+        )
 
     @staticmethod
     def add_term_args(parser, criterion: str, terms: str) -> None:
@@ -185,7 +205,9 @@ class Objective(Criterion):
         for t in self.terms:
             t.on_epoch_begin(epoch, model)
 
-    def on_validation_end(self, epoch: int, per_pair: dict, model, end_of_epoch: bool) -> dict:
+    def on_validation_end(
+        self, epoch: int, per_pair: dict, model, end_of_epoch: bool
+    ) -> dict:
         out = {}
         for t in self.terms:
             out.update(t.on_validation_end(epoch, per_pair, model, end_of_epoch))
@@ -195,10 +217,22 @@ class Objective(Criterion):
         """Summed label-smoothed CE of one pass (fused from logits when possible)."""
         flat_t = target.reshape(-1)
         if lprobs_needed:
-            return label_smoothed_nll_loss(p.lprobs.reshape(-1, p.lprobs.size(-1)), flat_t, self.eps, self.padding_idx)
-        p.gold_nll = torch.empty(target.shape, dtype=torch.float32, device=target.device)
-        return fused_label_smoothed_nll_loss(p.logits.reshape(-1, p.logits.size(-1)), flat_t, self.eps,
-                                             self.padding_idx, nll_rows=p.gold_nll.view(-1))
+            return label_smoothed_nll_loss(
+                p.lprobs.reshape(-1, p.lprobs.size(-1)),
+                flat_t,
+                self.eps,
+                self.padding_idx,
+            )
+        p.gold_nll = torch.empty(
+            target.shape, dtype=torch.float32, device=target.device
+        )
+        return fused_label_smoothed_nll_loss(
+            p.logits.reshape(-1, p.logits.size(-1)),
+            flat_t,
+            self.eps,
+            self.padding_idx,
+            nll_rows=p.gold_nll.view(-1),
+        )
 
     def forward(self, model, sample, reduce: bool = True):
         terms = list(self.terms) if self.training else []
@@ -217,11 +251,24 @@ class Objective(Criterion):
         if fused:  # CE of every pass and the consistency divergence in one sweep
             # the weights the loss below puts on the CE sum and the divergence: with them
             # the fused loss makes its gradient in the forward pass
-            weights = (scale / k if mean_ce else scale, self.consistency.divergence_weight(self.num_updates))
-            rows = torch.empty((k,) + sample["target"].shape, dtype=torch.float32, device=sample["target"].device)
-            ce_loss, nll, div = multi_pass_ce_from_logits(pass_logits(passes), sample["target"], self.eps,
-                                                          self.padding_idx, self.consistency.divergence,
-                                                          weights=weights, nll_rows=rows.view(k, -1))
+            weights = (
+                scale / k if mean_ce else scale,
+                self.consistency.divergence_weight(self.num_updates),
+            )
+            rows = torch.empty(
+                (k,) + sample["target"].shape,
+                dtype=torch.float32,
+                device=sample["target"].device,
+            )
+            ce_loss, nll, div = multi_pass_ce_from_logits(
+                pass_logits(passes),
+                sample["target"],
+                self.eps,
+                self.padding_idx,
+                self.consistency.divergence,
+                weights=weights,
+                nll_rows=rows.view(k, -1),
+            )
             for p, r in zip(passes, rows):
                 p.gold_nll = r
             nll = nll / k
@@ -233,7 +280,12 @@ class Objective(Criterion):
             ce_loss = ce_loss / k
         loss = ce_loss * scale if scale != 1.0 else ce_loss
         ntokens = sample["ntokens"]
-        logs = {"nll_loss": nll.detach(), "ntokens": ntokens, "nsentences": sample["nsentences"], "sample_size": ntokens}
+        logs = {
+            "nll_loss": nll.detach(),
+            "ntokens": ntokens,
+            "nsentences": sample["nsentences"],
+            "sample_size": ntokens,
+        }
         for t in terms:
             if fused and t is self.consistency:
                 t_loss, t_logs = t.from_divergence(div, sample, self.num_updates)
@@ -253,5 +305,7 @@ class Objective(Criterion):
         out = reduce_ce_metrics(logs)
         base = {"loss", "nll_loss", "ntokens", "nsentences", "sample_size", "gnorm"}
         for key in sorted({k for log in logs for k in log} - base):
-            out[key] = sum(float(log.get(key, 0)) for log in logs) / max(out["sample_size"], 1)
+            out[key] = sum(float(log.get(key, 0)) for log in logs) / max(
+                out["sample_size"], 1
+            )
         return out

@@ -8,6 +8,7 @@ the passes (the official fairseq convention, so published alphas keep their mean
 ``--rdrop-ce mean`` gives the README snippet's 0.5 (CE1 + CE2). No stop-gradient.
 Unlike the official code, alpha is a float (the official ``--reg-alpha`` is an int).
 """
+
 from nmt_sd.criterions.fused import symmetric_kl_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset
 
@@ -16,9 +17,13 @@ from nmt_sd.criterions.objective import TERMS, Term, register_preset
 class RDropTerm(Term):
     n_passes = 2
     consistency = True
-    divergence = "x"  # symmetric KL = 2 X-divergence of the two passes (fused with the CE)
+    divergence = (
+        "x"  # symmetric KL = 2 X-divergence of the two passes (fused with the CE)
+    )
 
-    def __init__(self, alpha: float, ce_reduction: str, pass_mode: str, padding_idx: int):
+    def __init__(
+        self, alpha: float, ce_reduction: str, pass_mode: str, padding_idx: int
+    ):
         super().__init__()
         self.alpha, self.ce_reduction, self.pass_mode = alpha, ce_reduction, pass_mode
         self.padding_idx = padding_idx
@@ -26,15 +31,31 @@ class RDropTerm(Term):
     @staticmethod
     def add_args(parser) -> None:
         g = parser.add_argument_group("R-Drop")
-        g.add_argument("--rdrop-alpha", type=float, default=0.0, metavar="A", help="weight of the symmetric KL")
-        g.add_argument("--rdrop-ce", choices=["sum", "mean"], default="sum",
-                       help="combine the two CEs by sum (official fairseq code) or mean (README)")
-        g.add_argument("--rdrop-passes", choices=["concat", "sequential"], default="concat",
-                       help="one forward over the doubled batch, or two forwards")
+        g.add_argument(
+            "--rdrop-alpha",
+            type=float,
+            default=0.0,
+            metavar="A",
+            help="weight of the symmetric KL",
+        )
+        g.add_argument(
+            "--rdrop-ce",
+            choices=["sum", "mean"],
+            default="sum",
+            help="combine the two CEs by sum (official fairseq code) or mean (README)",
+        )
+        g.add_argument(
+            "--rdrop-passes",
+            choices=["concat", "sequential"],
+            default="concat",
+            help="one forward over the doubled batch, or two forwards",
+        )
 
     @classmethod
     def from_args(cls, args, task) -> "RDropTerm":
-        return cls(args.rdrop_alpha, args.rdrop_ce, args.rdrop_passes, task.tgt_dict.pad())
+        return cls(
+            args.rdrop_alpha, args.rdrop_ce, args.rdrop_passes, task.tgt_dict.pad()
+        )
 
     def forward(self, model, sample, passes, num_updates: int):
         pad_mask = sample["target"].eq(self.padding_idx)  # (B, T)
@@ -46,7 +67,8 @@ class RDropTerm(Term):
         return 2.0 * self.alpha
 
     def from_divergence(self, div, sample, num_updates: int):
-        kl = 2.0 * div  # 1/2 sum (p-q)(log p - log q) = 2 * 1/2 sum_i (p_i - p_bar) log p_i
+        # 1/2 sum (p-q)(log p - log q) = 2 * 1/2 sum_i (p_i - p_bar) log p_i
+        kl = 2.0 * div
         return self.alpha * kl, {"rdrop_kl": kl.detach()}
 
 

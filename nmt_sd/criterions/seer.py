@@ -36,12 +36,16 @@ effectively used 0.1); pre-norm normalises the right tensor; one ``seer_trans`` 
 official code builds one per layer but uses only the top one); ``--seer-ce-weight`` (w)
 is an addition (official: 1).
 """
+
 import argparse
 
 import torch
 import torch.nn as nn
 
-from nmt_sd.criterions.fused import fused_label_smoothed_nll_loss, soft_cross_entropy_from_logits
+from nmt_sd.criterions.fused import (
+    fused_label_smoothed_nll_loss,
+    soft_cross_entropy_from_logits,
+)
 from nmt_sd.criterions.objective import TERMS, Term, register_preset, unwrap
 from nmt_sd.errors import NmtSdError
 from nmt_sd.models.transformer import EncoderOut, TransformerDecoderLayer, ffn
@@ -76,18 +80,23 @@ def realign_future(rev_out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor
 
 class SeerDecoder(nn.Module):
     """The seer's own layers and ``seer_trans``; the embeddings, final LayerNorm and output
-    projection are borrowed from the model's decoder at call time (never stored here)."""
+    projection are borrowed from the model's decoder at call time (never stored here).
+    """
 
     def __init__(self, args, num_layers: int, dropout: float):
         super().__init__()
         layer_args = argparse.Namespace(**{**vars(args), "dropout": dropout})
-        self.layers = nn.ModuleList(TransformerDecoderLayer(layer_args) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            TransformerDecoderLayer(layer_args) for _ in range(num_layers)
+        )
         dim = args.decoder_embed_dim
         self.seer_trans = nn.Linear(2 * dim, dim)
         nn.init.xavier_uniform_(self.seer_trans.weight)
         nn.init.zeros_(self.seer_trans.bias)
 
-    def forward(self, decoder, x, lengths, enc: EncoderOut, return_streams: bool = False):
+    def forward(
+        self, decoder, x, lengths, enc: EncoderOut, return_streams: bool = False
+    ):
         """Seer logits.
 
         Args:
@@ -103,16 +112,26 @@ class SeerDecoder(nn.Module):
         # the two streams interleaved by sentence (past_0, future_0, past_1, ...): encoder
         # attention then serves both streams of a sentence from one encoder row (queries
         # grouped, as beams are in search), with no copy of the encoder output
-        both = torch.stack([x, reverse_within_length(x, lengths)], dim=1).view(2 * b, t, c)  # (2B, T, C)
+        # (2B, T, C)
+        both = torch.stack([x, reverse_within_length(x, lengths)], dim=1).view(
+            2 * b, t, c
+        )
         for layer in self.layers[:-1]:
-            both, _ = layer(both, enc)  # causal; right padding never reaches real positions
+            # causal; right padding never reaches real positions
+            both, _ = layer(both, enc)
         top = self.layers[-1]
-        both, _ = top._sublayer(both, top.self_attn_layer_norm, lambda h: top.self_attn(h, h, causal=True))
+        both, _ = top._sublayer(
+            both, top.self_attn_layer_norm, lambda h: top.self_attn(h, h, causal=True)
+        )
         both = both.view(b, 2, t, c)
         past, future = both[:, 0], realign_future(both[:, 1], lengths)
-        h = self.seer_trans(torch.cat([past, future], dim=-1))  # (B, T, 2C) -> (B, T, C)
-        h, _ = top._sublayer(h, top.encoder_attn_layer_norm,
-                             lambda q: top.encoder_attn(q, enc.out, key_padding_mask=enc.padding_mask))
+        # (B, T, 2C) -> (B, T, C)
+        h = self.seer_trans(torch.cat([past, future], dim=-1))
+        h, _ = top._sublayer(
+            h,
+            top.encoder_attn_layer_norm,
+            lambda q: top.encoder_attn(q, enc.out, key_padding_mask=enc.padding_mask),
+        )
         h, _ = top._sublayer(h, top.final_layer_norm, lambda q: (ffn(top, q), None))
         if decoder.layer_norm is not None:
             h = decoder.layer_norm(h)
@@ -124,7 +143,15 @@ class SeerDecoder(nn.Module):
 class SeerTerm(Term):
     needs_hiddens = True  # the decoder's embedded input: pass.extra["inner_states"][0]
 
-    def __init__(self, args, alpha: float, ce_weight: float, layers: int, dropout: float, padding_idx: int):
+    def __init__(
+        self,
+        args,
+        alpha: float,
+        ce_weight: float,
+        layers: int,
+        dropout: float,
+        padding_idx: int,
+    ):
         super().__init__()
         self.alpha, self.ce_scale, self.ce_weight = alpha, alpha, ce_weight
         self.eps, self.padding_idx = args.label_smoothing, padding_idx
@@ -133,44 +160,91 @@ class SeerTerm(Term):
     @staticmethod
     def add_args(parser) -> None:
         g = parser.add_argument_group("Seer Forcing")
-        g.add_argument("--seer-alpha", type=float, default=0.5, metavar="A",
-                       help="weight of the decoder's CE; KD gets 1 - alpha (paper: 0.5, NIST Zh-En 0.25)")
-        g.add_argument("--seer-ce-weight", type=float, default=1.0, metavar="W", help="weight of the seer's CE")
-        g.add_argument("--seer-layers", type=int, default=None, metavar="N",
-                       help="seer decoder layers (default: --decoder-layers)")
-        g.add_argument("--seer-dropout", type=float, default=None, metavar="D",
-                       help="residual dropout inside the seer layers (default: --dropout)")
+        g.add_argument(
+            "--seer-alpha",
+            type=float,
+            default=0.5,
+            metavar="A",
+            help="weight of the decoder's CE; KD gets 1 - alpha (paper: 0.5, NIST Zh-En 0.25)",
+        )
+        g.add_argument(
+            "--seer-ce-weight",
+            type=float,
+            default=1.0,
+            metavar="W",
+            help="weight of the seer's CE",
+        )
+        g.add_argument(
+            "--seer-layers",
+            type=int,
+            default=None,
+            metavar="N",
+            help="seer decoder layers (default: --decoder-layers)",
+        )
+        g.add_argument(
+            "--seer-dropout",
+            type=float,
+            default=None,
+            metavar="D",
+            help="residual dropout inside the seer layers (default: --dropout)",
+        )
 
     @classmethod
     def from_args(cls, args, task) -> "SeerTerm":
-        layers = args.seer_layers if args.seer_layers is not None else args.decoder_layers
+        layers = (
+            args.seer_layers if args.seer_layers is not None else args.decoder_layers
+        )
         dropout = args.seer_dropout if args.seer_dropout is not None else args.dropout
         if not 0.0 <= args.seer_alpha <= 1.0:
-            raise NmtSdError(f"--seer-alpha must be in [0, 1] (KD weight is 1 - alpha), got {args.seer_alpha}")
+            raise NmtSdError(
+                f"--seer-alpha must be in [0, 1] (KD weight is 1 - alpha), got {args.seer_alpha}"
+            )
         if args.seer_ce_weight < 0:
-            raise NmtSdError(f"--seer-ce-weight must be >= 0, got {args.seer_ce_weight}")
+            raise NmtSdError(
+                f"--seer-ce-weight must be >= 0, got {args.seer_ce_weight}"
+            )
         if layers < 1:
             raise NmtSdError(f"--seer-layers must be >= 1, got {layers}")
         if not 0.0 <= dropout < 1.0:
             raise NmtSdError(f"--seer-dropout must be in [0, 1), got {dropout}")
-        return cls(args, args.seer_alpha, args.seer_ce_weight, layers, dropout, task.tgt_dict.pad())
+        return cls(
+            args,
+            args.seer_alpha,
+            args.seer_ce_weight,
+            layers,
+            dropout,
+            task.tgt_dict.pad(),
+        )
 
     def seer_logits(self, model, sample, p) -> torch.Tensor:
         """The seer's logits (B, T, V), built on pass ``p``'s embeddings and encoder output."""
         prev = sample["net_input"]["prev_output_tokens"]  # (B, T) right-padded
         lengths = prev.ne(self.padding_idx).sum(dim=1)  # (B,)
-        return self.seer(unwrap(model).decoder, p.extra["inner_states"][0], lengths, p.extra["encoder_out"])
+        return self.seer(
+            unwrap(model).decoder,
+            p.extra["inner_states"][0],
+            lengths,
+            p.extra["encoder_out"],
+        )
 
     def forward(self, model, sample, passes, num_updates: int):
         # the teacher runs once per batch (on the first pass); KD is averaged over the passes
         logits = self.seer_logits(model, sample, passes[0])  # (B, T, V)
         target = sample["target"]  # (B, T)
-        ce, nll = fused_label_smoothed_nll_loss(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                                self.eps, self.padding_idx)
+        ce, nll = fused_label_smoothed_nll_loss(
+            logits.reshape(-1, logits.size(-1)),
+            target.reshape(-1),
+            self.eps,
+            self.padding_idx,
+        )
         pad = target.eq(self.padding_idx)
         # stop-gradient: the seer's logits enter KD detached (fused from logits, chunked)
-        kd = sum(soft_cross_entropy_from_logits(p.logits, logits.detach(), pad) for p in passes) / len(passes)
+        kd = sum(
+            soft_cross_entropy_from_logits(p.logits, logits.detach(), pad)
+            for p in passes
+        ) / len(passes)
         loss = self.ce_weight * ce + (1.0 - self.alpha) * kd
         return loss, {"seer_nll": nll.detach(), "seer_kd": kd.detach()}
+
 
 register_preset("seer", ["seer"])

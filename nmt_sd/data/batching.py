@@ -1,4 +1,5 @@
 """Token-budget batching and a resumable, deterministic epoch iterator (pure NumPy)."""
+
 from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -25,7 +26,9 @@ def batch_by_size(
         if n > max_tokens:
             raise ValueError(f"example {idx} has {n} tokens > max_tokens={max_tokens}")
         new_max = max(cur_max, n)
-        if cur and ((len(cur) + 1) * new_max > max_tokens or len(cur) + 1 > max_sentences):
+        if cur and (
+            (len(cur) + 1) * new_max > max_tokens or len(cur) + 1 > max_sentences
+        ):
             # keep a multiple of `mult` when possible; carry the remainder over
             keep = len(cur) if len(cur) < mult else len(cur) - len(cur) % mult
             batches.append(np.asarray(cur[:keep]))
@@ -67,7 +70,9 @@ class EpochBatchIterator:
     def _epoch_batches(self, epoch: int) -> List[np.ndarray]:
         order = np.arange(len(self.batches))
         if self.shuffle:
-            order = np.random.RandomState((self.seed + epoch) % 2**32).permutation(order)
+            order = np.random.RandomState((self.seed + epoch) % 2**32).permutation(
+                order
+            )
         batches = [self.batches[i] for i in order]
         if self.num_shards > 1 and batches:
             rem = (-len(batches)) % self.num_shards

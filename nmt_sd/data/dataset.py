@@ -1,4 +1,5 @@
 """Parallel dataset and the ``collate`` that builds fairseq-style batches."""
+
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -15,8 +16,17 @@ class LanguagePairDataset:
     that batches carry as ``src_lang_id``/``tgt_lang_id``.
     """
 
-    def __init__(self, src, tgt, pad: int, eos: int, src_lang_id=None, tgt_lang_id=None,
-                 src_langtok: Optional[int] = None, bos: Optional[int] = None):
+    def __init__(
+        self,
+        src,
+        tgt,
+        pad: int,
+        eos: int,
+        src_lang_id=None,
+        tgt_lang_id=None,
+        src_langtok: Optional[int] = None,
+        bos: Optional[int] = None,
+    ):
         if tgt is not None and len(src) != len(tgt):
             raise ValueError(f"source has {len(src)} sentences but target {len(tgt)}")
         self.src, self.tgt = src, tgt
@@ -53,12 +63,18 @@ class LanguagePairDataset:
     def collater(self, items: List[Dict]) -> Dict:
         batch = collate(items, self.pad, self.eos, self.bos)
         if batch and self.src_lang_id is not None:
-            batch["src_lang_id"] = torch.full((len(items),), self.src_lang_id, dtype=torch.long)
-            batch["tgt_lang_id"] = torch.full((len(items),), self.tgt_lang_id, dtype=torch.long)
+            batch["src_lang_id"] = torch.full(
+                (len(items),), self.src_lang_id, dtype=torch.long
+            )
+            batch["tgt_lang_id"] = torch.full(
+                (len(items),), self.tgt_lang_id, dtype=torch.long
+            )
         return batch
 
 
-def _pad_2d(seqs: List[np.ndarray], pad: int, prepend: Optional[int] = None) -> torch.Tensor:
+def _pad_2d(
+    seqs: List[np.ndarray], pad: int, prepend: Optional[int] = None
+) -> torch.Tensor:
     """Right-pad ``seqs`` into a (B, T) long tensor; optionally rotate eos to the front."""
     width = max(len(s) for s in seqs)
     out = np.full((len(seqs), width), pad, dtype=np.int64)
@@ -94,7 +110,9 @@ def collate(items: List[Dict], pad: int, eos: int, bos: Optional[int] = None) ->
     if items[0].get("target") is not None:
         tgt = [it["target"] for it in items]
         batch["target"] = _pad_2d(tgt, pad)
-        batch["net_input"]["prev_output_tokens"] = _pad_2d(tgt, pad, prepend=eos if bos is None else bos)
+        batch["net_input"]["prev_output_tokens"] = _pad_2d(
+            tgt, pad, prepend=eos if bos is None else bos
+        )
         batch["ntokens"] = int(sum(len(t) for t in tgt))
     else:
         batch["ntokens"] = int(sum(len(s) for s in src))

@@ -5,8 +5,10 @@ Special symbols: ``<s>=0 <pad>=1 </s>=2 <unk>=3`` are implicit (never written to
 ``nmt-sd-preprocess``, appended on load if missing) so that the CMLM decoder of
 ``cmlm_kd`` shares the vocabulary of the translation model.
 """
+
 import os
 from collections import Counter
+from multiprocessing import Pool
 from typing import Iterable, List, Optional
 
 import numpy as np
@@ -77,7 +79,8 @@ class Dictionary:
         padding_factor: int = 8,
     ) -> "Dictionary":
         """Count whitespace tokens; keep those seen > ``threshold`` times (fairseq order:
-        by count desc, then alphabetically), add ``<mask>``, pad to ``padding_factor``."""
+        by count desc, then alphabetically), add ``<mask>``, pad to ``padding_factor``.
+        """
         counts: Counter = Counter()
         for line in lines:
             counts.update(line.split())
@@ -100,7 +103,9 @@ class Dictionary:
         path = str(path)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            for sym, c in zip(self.symbols[self.nspecial :], self.count[self.nspecial :]):
+            for sym, c in zip(
+                self.symbols[self.nspecial :], self.count[self.nspecial :]
+            ):
                 f.write(f"{sym} {c}\n")
         os.replace(tmp, path)
 
@@ -165,3 +170,25 @@ def post_process(sentence: str, symbol: Optional[str]) -> str:
     if symbol == "subword_nmt":
         symbol = "@@ "
     return (sentence + " ").replace(symbol, "").rstrip()
+
+
+_WORKER_DICT: Optional[Dictionary] = None
+
+
+def _init_worker(d: Dictionary) -> None:
+    global _WORKER_DICT
+    _WORKER_DICT = d
+
+
+def _encode_chunk(lines: List[str]):
+    return [_WORKER_DICT.encode_line(line) for line in lines]
+
+
+def binarize(lines: List[str], d: Dictionary, workers: int):
+    """``d.encode_line`` of every line, in ``workers`` processes for large inputs."""
+    if workers <= 1 or len(lines) < 1000:
+        return [d.encode_line(line) for line in lines]
+    size = (len(lines) + workers - 1) // workers
+    chunks = [lines[i : i + size] for i in range(0, len(lines), size)]
+    with Pool(workers, initializer=_init_worker, initargs=(d,)) as pool:
+        return [a for part in pool.map(_encode_chunk, chunks) for a in part]

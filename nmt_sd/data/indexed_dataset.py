@@ -4,6 +4,7 @@ Index layout (little endian): magic ``NMTSDIX1`` | dtype code (u8) | count (u64)
 sizes (i32 x count) | offsets (i64 x count+1). Tokens are uint16 when the
 vocabulary fits, else int32.
 """
+
 import os
 import struct
 from typing import List
@@ -67,7 +68,9 @@ class IndexedDataset:
         dtype = DTYPES[code]
         nbytes = os.path.getsize(bin_path)
         if nbytes != self.offsets[-1] * np.dtype(dtype).itemsize:
-            raise NmtSdError(f"{bin_path} does not match its index {idx_path} (truncated?)")
+            raise NmtSdError(
+                f"{bin_path} does not match its index {idx_path} (truncated?)"
+            )
         self.tokens = (
             np.memmap(bin_path, dtype=dtype, mode="r") if nbytes else np.zeros(0, dtype)
         )
@@ -76,7 +79,9 @@ class IndexedDataset:
         return len(self.sizes)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self.tokens[self.offsets[i] : self.offsets[i + 1]], dtype=np.int64)
+        return np.asarray(
+            self.tokens[self.offsets[i] : self.offsets[i + 1]], dtype=np.int64
+        )
 
 
 def dataset_exists(prefix: str) -> bool:

@@ -10,6 +10,7 @@ through fresh permutations of them, a pair drawn less often sees a different sub
 each epoch. Everything is a pure function of (seed, epoch), so a run resumed at
 (epoch, iterations_in_epoch) sees exactly the same batches.
 """
+
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -54,8 +55,11 @@ class MultiPairDataset:
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self.src_sizes = np.concatenate([d.src_sizes for d in self.datasets])
         has_tgt = all(d.tgt_sizes is not None for d in self.datasets)
-        self.tgt_sizes = np.concatenate([d.tgt_sizes for d in self.datasets]) if has_tgt else None
-        self.tgt = self.datasets[0].tgt if has_tgt else None  # "has a target side" for callers
+        self.tgt_sizes = (
+            np.concatenate([d.tgt_sizes for d in self.datasets]) if has_tgt else None
+        )
+        # "has a target side" for callers
+        self.tgt = self.datasets[0].tgt if has_tgt else None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -87,7 +91,9 @@ class MultiPairDataset:
         pairs = {it["pair"] for it in items}
         if len(pairs) > 1:
             names = ", ".join(self.names[p] for p in sorted(pairs))
-            raise NmtSdError(f"a batch mixes language pairs ({names}); multilingual batches hold one pair each")
+            raise NmtSdError(
+                f"a batch mixes language pairs ({names}); multilingual batches hold one pair each"
+            )
         return self.datasets[items[0]["pair"]].collater(items) if items else {}
 
 
@@ -101,9 +107,17 @@ class MultiPairBatchIterator(EpochBatchIterator):
         temperature: the sampling temperature T (``inf`` = uniform over pairs).
     """
 
-    def __init__(self, dataset: MultiPairDataset, batches_per_pair: List[List[np.ndarray]],
-                 temperature: float = 1.0, seed: int = 1, shuffle: bool = True,
-                 num_shards: int = 1, shard_id: int = 0, epoch: int = 1):
+    def __init__(
+        self,
+        dataset: MultiPairDataset,
+        batches_per_pair: List[List[np.ndarray]],
+        temperature: float = 1.0,
+        seed: int = 1,
+        shuffle: bool = True,
+        num_shards: int = 1,
+        shard_id: int = 0,
+        epoch: int = 1,
+    ):
         flat = [b for batches in batches_per_pair for b in batches]
         super().__init__(dataset, flat, seed, shuffle, num_shards, shard_id, epoch)
         self.batches_per_pair = batches_per_pair
@@ -113,7 +127,9 @@ class MultiPairBatchIterator(EpochBatchIterator):
         """The first ``count`` batches of pair p's epoch stream (fresh permutations)."""
         batches, out, k = self.batches_per_pair[p], [], 0
         while len(out) < count:
-            perm = np.random.RandomState([self.seed % 2**32, epoch, p, k]).permutation(len(batches))
+            perm = np.random.RandomState(
+                [self.seed % 2**32, epoch, p, k]
+            ).permutation(len(batches))
             out += [batches[i] for i in perm[: count - len(out)]]
             k += 1
         return out
@@ -123,9 +139,14 @@ class MultiPairBatchIterator(EpochBatchIterator):
             batches = list(self.batches)
         else:
             sizes = [len(b) for b in self.batches_per_pair]
-            drawn = [b for p, c in enumerate(draws_per_pair(sizes, self.temperature))
-                     for b in self.pair_stream(epoch, p, c)]
-            order = np.random.RandomState([self.seed % 2**32, epoch]).permutation(len(drawn))
+            drawn = [
+                b
+                for p, c in enumerate(draws_per_pair(sizes, self.temperature))
+                for b in self.pair_stream(epoch, p, c)
+            ]
+            order = np.random.RandomState([self.seed % 2**32, epoch]).permutation(
+                len(drawn)
+            )
             batches = [drawn[i] for i in order]
         if self.num_shards > 1 and batches:
             rem = (-len(batches)) % self.num_shards

@@ -96,7 +96,8 @@ def decode_step(
     Returns:
         logits (N, V) in the model's dtype, and attn (N, S) float32 or None.
     """
-    kw = {"need_attn": True} if want_attn else {}  # decoders compute attention on request
+    # decoders compute attention on request
+    kw = {"need_attn": True} if want_attn else {}
     logits, extra = model.decoder(prefix, enc, cache=cache, **kw)
     attn = extra.get("attn") if (want_attn and extra) else None
     if attn is not None:
@@ -104,7 +105,9 @@ def decode_step(
     return logits[:, -1, :], attn
 
 
-def check_search_args(beam: int, nbest: int, src_tokens: Tensor, src_lengths: Tensor) -> None:
+def check_search_args(
+    beam: int, nbest: int, src_tokens: Tensor, src_lengths: Tensor
+) -> None:
     """Refuse a bad --beam/--nbest and mis-shaped inputs before any decoding."""
     if beam < 1:
         raise NmtSdError(f"--beam must be >= 1, got {beam}")

@@ -55,7 +55,9 @@ def greedy_search(
         for step in range(width):
             prefix_so_far = prefix[:, : step + 1]  # (B', step + 1)
             logits, attn = decode_step(model, prefix_so_far, enc, cache, return_attn)
-            best_lprobs, best_tokens = row_top(logits, 1, step, max_len[sent_ids], **constraints)
+            best_lprobs, best_tokens = row_top(
+                logits, 1, step, max_len[sent_ids], **constraints
+            )
             tokens = best_tokens[:, 0]  # (B',)
             # forced </s> even if the model gives it -inf (a forced row has no other finite token)
             tokens.masked_fill_(max_len[sent_ids].le(step), eos)

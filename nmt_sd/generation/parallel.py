@@ -9,6 +9,7 @@ undecoded batch from a shared counter, so a slow batch does not hold the others 
 calling process decodes too. Results come back in batch order, each batch decoded
 exactly as a single process would (only the thread count differs).
 """
+
 import logging
 import pickle
 import queue
@@ -21,11 +22,16 @@ from nmt_sd.errors import NmtSdError
 
 logger = logging.getLogger(__name__)
 
-Decode = Callable[[torch.nn.Module, dict], Any]  # (model, batch) -> hypotheses; picklable
+# (model, batch) -> hypotheses; picklable
+Decode = Callable[[torch.nn.Module, dict], Any]
 
 
 def decode_batches(
-    model: torch.nn.Module, batches: list, decode: Decode, procs: int = 1, threads: int | None = None,
+    model: torch.nn.Module,
+    batches: list,
+    decode: Decode,
+    procs: int = 1,
+    threads: int | None = None,
     stats: dict | None = None,
 ) -> Iterator[tuple[dict, Any]]:
     """Yield (batch, decode(model, batch)) for every batch, in order.
@@ -41,7 +47,9 @@ def decode_batches(
         yield from _decode_here(model, batches, decode, stats)
         return
     threads = threads or max(1, torch.get_num_threads() // procs)
-    logger.info(f"decoding {procs} batches at once in {procs} processes, {threads} threads each")
+    logger.info(
+        f"decoding {procs} batches at once in {procs} processes, {threads} threads each"
+    )
     yield from _decode_in_processes(model, batches, decode, procs, threads, stats)
 
 
@@ -54,12 +62,21 @@ def _decode_here(model, batches, decode, stats) -> Iterator[tuple[dict, Any]]:
         yield batch, hyps
 
 
-def _decode_in_processes(model, batches, decode, procs, threads, stats) -> Iterator[tuple[dict, Any]]:
-    ctx = torch.multiprocessing.get_context("spawn")  # fork is unsafe once OpenMP threads exist
+def _decode_in_processes(
+    model, batches, decode, procs, threads, stats
+) -> Iterator[tuple[dict, Any]]:
+    # fork is unsafe once OpenMP threads exist
+    ctx = torch.multiprocessing.get_context("spawn")
     counter, go, results = ctx.Value("i", 0), ctx.Event(), ctx.Queue()
     payload = pickle.dumps(batches)  # plain bytes: no file descriptor per batch tensor
-    workers = [ctx.Process(target=_worker, args=(model, payload, decode, threads, counter, go, results),
-                           daemon=True) for _ in range(procs - 1)]
+    workers = [
+        ctx.Process(
+            target=_worker,
+            args=(model, payload, decode, threads, counter, go, results),
+            daemon=True,
+        )
+        for _ in range(procs - 1)
+    ]
     for w in workers:
         w.start()
     prev_threads = torch.get_num_threads()
@@ -109,8 +126,12 @@ def _receive(results, workers, done: dict, block: bool = True) -> bool:
             if not block:
                 return False
             codes = [w.exitcode for w in workers]
-            if any(c not in (None, 0) for c in codes) or None not in codes:  # died, or all gone quietly
-                raise NmtSdError(f"a decoding worker process ended early (exit codes {codes})")
+            if (
+                any(c not in (None, 0) for c in codes) or None not in codes
+            ):  # died, or all gone quietly
+                raise NmtSdError(
+                    f"a decoding worker process ended early (exit codes {codes})"
+                )
             continue
         if kind == "error":
             raise NmtSdError(f"a decoding worker failed: {payload}")
@@ -119,7 +140,9 @@ def _receive(results, workers, done: dict, block: bool = True) -> bool:
         return True
 
 
-def _worker(model, payload: bytes, decode: Decode, threads: int, counter, go, results) -> None:
+def _worker(
+    model, payload: bytes, decode: Decode, threads: int, counter, go, results
+) -> None:
     try:
         torch.set_num_threads(threads)
         batches = pickle.loads(payload)

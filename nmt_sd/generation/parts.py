@@ -5,6 +5,7 @@ A parts directory holds ``meta.json`` (the settings the parts were made with) an
 ``partN.npz`` files (sentence ids, token lengths and the concatenated tokens), each written
 atomically. A run with other settings refuses the directory instead of mixing outputs.
 """
+
 import glob
 import json
 import logging
@@ -30,11 +31,14 @@ class PartStore:
         if os.path.isfile(meta):
             with open(meta, encoding="utf-8") as f:
                 old = json.load(f)
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            changed = sorted(
+                k for k in set(old) | set(settings) if old.get(k) != settings.get(k)
+            )
             if changed:
                 raise NmtSdError(
                     f"{root} holds a partial run made with other settings ({', '.join(changed)}); "
-                    "use the same settings to resume it, or delete it to start over")
+                    "use the same settings to resume it, or delete it to start over"
+                )
             self._load()
         else:
             os.makedirs(root, exist_ok=True)
@@ -47,10 +51,14 @@ class PartStore:
         for path in sorted(glob.glob(os.path.join(self.root, "part*.npz"))):
             with np.load(path) as z:
                 ends = np.cumsum(z["lengths"])
-                for sid, end, n in zip(z["ids"].tolist(), ends.tolist(), z["lengths"].tolist()):
-                    self.done[sid] = z["tokens"][end - n:end]
+                for sid, end, n in zip(
+                    z["ids"].tolist(), ends.tolist(), z["lengths"].tolist()
+                ):
+                    self.done[sid] = z["tokens"][end - n : end]
         if self.done:
-            logger.info(f"resuming: {len(self.done)} sentences already done in {self.root}")
+            logger.info(
+                f"resuming: {len(self.done)} sentences already done in {self.root}"
+            )
 
     def add(self, sid: int, tokens: np.ndarray) -> None:
         self.pending[sid] = tokens
@@ -66,8 +74,12 @@ class PartStore:
         ids = list(self.pending)
         seqs = [self.pending[i] for i in ids]
         tmp = f"{path}.tmp{os.getpid()}.npz"  # np.savez adds .npz to names without it
-        np.savez(tmp, ids=np.array(ids, dtype=np.int64), lengths=np.array([len(s) for s in seqs], dtype=np.int64),
-                 tokens=np.concatenate(seqs).astype(np.int64))
+        np.savez(
+            tmp,
+            ids=np.array(ids, dtype=np.int64),
+            lengths=np.array([len(s) for s in seqs], dtype=np.int64),
+            tokens=np.concatenate(seqs).astype(np.int64),
+        )
         os.replace(tmp, path)
         self.done.update(self.pending)
         self.pending = {}

@@ -55,7 +55,9 @@ def special_ids(dictionary: Any) -> dict[str, int]:
 CHUNK_ELEMENTS = 1 << 17
 
 
-def row_top(logits: Tensor, k: int, step: int, row_max_len: Tensor, **constraints: Any) -> tuple[Tensor, Tensor]:
+def row_top(
+    logits: Tensor, k: int, step: int, row_max_len: Tensor, **constraints: Any
+) -> tuple[Tensor, Tensor]:
     """Each row's k best next tokens under the search constraints.
 
     lprobs = log_softmax(logits) in float32, constrained as ``constrain`` does, then
@@ -124,7 +126,8 @@ def _finalize(
     candidates of the same step have been stored.
     """
     slots = fin.tokens.size(1)
-    cand_rows, _, cand_scores, cand_lprobs, is_eos = (c[:, :slots] for c in cands)  # (B', K) each
+    # (B', K) each
+    cand_rows, _, cand_scores, cand_lprobs, is_eos = (c[:, :slots] for c in cands)
     sent = state["sent_ids"].unsqueeze(1).expand_as(is_eos)  # (B', K)
     slot = fin.count[state["sent_ids"]].unsqueeze(1) + is_eos.long().cumsum(1) - 1
     keep = is_eos & (slot < slots)  # (B', K)
@@ -134,7 +137,8 @@ def _finalize(
     fin.tokens[b, k, :step] = state["tokens"][rows, 1 : step + 1]
     fin.tokens[b, k, step] = eos
     fin.pos_scores[b, k, :step] = state["pos_scores"][rows, :step]
-    fin.pos_scores[b, k, step] = cand_lprobs[keep]  # the </s> log-prob of each parent row
+    # the </s> log-prob of each parent row
+    fin.pos_scores[b, k, step] = cand_lprobs[keep]
     fin.scores[b, k] = cand_scores[keep] / (step + 1) ** lenpen
     fin.lengths[b, k] = step + 1
     if fin.attn is not None:
@@ -163,7 +167,8 @@ def _select_candidates(
     # constant along a row), so the sentence picks from those beam*2K: the same
     # candidates as one top-k over beam*V, in a fraction of the time.
     row_scores = (row_lprobs + cum_scores.unsqueeze(1)).view(bsz, beam * row_k)
-    cand_scores, cand_idx = row_scores.topk(min(2 * beam, beam * row_k), dim=1)  # (B', 2K)
+    # (B', 2K)
+    cand_scores, cand_idx = row_scores.topk(min(2 * beam, beam * row_k), dim=1)
     offsets = torch.arange(bsz, device=row_lprobs.device).unsqueeze(1) * beam
     cand_rows = cand_idx // row_k + offsets
     cand_tokens = row_tokens.view(bsz, beam * row_k).gather(1, cand_idx)
@@ -221,7 +226,9 @@ def _init_beam_state(
     bsz, device = max_len.size(0), max_len.device
     width = int(max_len.max()) + 1  # generated tokens, including the final </s>
     tokens = torch.full((bsz * beam, width + 1), pad, dtype=torch.long, device=device)
-    tokens[:, 0] = bos  # decoding starts from </s> (fairseq's convention) or a language tag
+    tokens[:, 0] = (
+        bos  # decoding starts from </s> (fairseq's convention) or a language tag
+    )
     # the K beams start identical: only beam 0 may expand at step 0
     cum_scores = torch.full((bsz, beam), -math.inf, device=device)
     cum_scores[:, 0] = 0.0
@@ -344,7 +351,9 @@ def beam_search(
     check_search_args(beam, nbest, src_tokens, src_lengths)
     src_len = src_tokens.size(1)
     max_len = max_lengths(model, src_lengths, max_len_a, max_len_b)  # (B,)
-    state, fin = _init_beam_state(max_len, beam, src_len, eos if bos is None else bos, pad, return_attn)
+    state, fin = _init_beam_state(
+        max_len, beam, src_len, eos if bos is None else bos, pad, return_attn
+    )
     constraints = dict(
         min_len=min_len, unk_penalty=unk_penalty, eos=eos, pad=pad, unk=unk
     )
@@ -355,9 +364,13 @@ def beam_search(
         for step in range(state["pos_scores"].size(1)):
             prefix = state["tokens"][:, : step + 1]  # (N, step + 1)
             logits, attn = decode_step(model, prefix, enc, cache, return_attn)
-            row_lprobs, row_tokens = row_top(logits, 2 * beam, step, state["max_len"], **constraints)
+            row_lprobs, row_tokens = row_top(
+                logits, 2 * beam, step, state["max_len"], **constraints
+            )
             _record_attn(state, fin, attn, step)
-            cands = _select_candidates(row_lprobs, row_tokens, state["cum_scores"], beam, eos)
+            cands = _select_candidates(
+                row_lprobs, row_tokens, state["cum_scores"], beam, eos
+            )
             _finalize(fin, state, step, cands, lenpen, eos)
             new_order = _advance_beams(state, fin, step, cands)  # (N',)
             if new_order is None:

@@ -6,6 +6,7 @@ Batch-first throughout; parameter names follow fairseq (``embed_tokens``,
 Incremental decoding keeps an explicit per-layer key/value cache (``DecoderCache``)
 that beam search reorders with ``cache.reorder(new_order)``.
 """
+
 import math
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -14,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nmt_sd.errors import NmtSdError
+from nmt_sd.models.dropout import dropout
 
 
 class EncoderOut(NamedTuple):
@@ -49,7 +51,9 @@ class DecoderCache:
 def sinusoidal_table(num_positions: int, dim: int, padding_idx: int) -> torch.Tensor:
     """fairseq's sinusoidal table: [sin | cos] halves, row ``padding_idx`` zero."""
     half = dim // 2
-    freq = torch.exp(torch.arange(half, dtype=torch.float) * -(math.log(10000) / (half - 1)))
+    freq = torch.exp(
+        torch.arange(half, dtype=torch.float) * -(math.log(10000) / (half - 1))
+    )
     ang = torch.arange(num_positions, dtype=torch.float)[:, None] * freq[None, :]
     table = torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
     if dim % 2 == 1:
@@ -77,56 +81,6 @@ class SinusoidalPositions(nn.Module):
         return self.weights[first : first + length]
 
 
-class _MaskDropout(torch.autograd.Function):
-    """y = x * mask * scale with mask holding 0/1 (or 0/scale with scale 1): the
-    backward is the same product, and only the mask is kept for it."""
-
-    @staticmethod
-    def forward(ctx, x, mask, scale: float):
-        ctx.save_for_backward(mask)
-        ctx.scale = scale
-        y = x * mask
-        return y if scale == 1.0 else y.mul_(scale)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        g = grad * mask
-        return (g if ctx.scale == 1.0 else g.mul_(ctx.scale)), None, None
-
-
-_LANE = 1 << 15  # CPU dropout masks compare 15-bit uniform integers
-
-
-def _cpu_keep_mask(shape, p: float, device) -> tuple:
-    """A 0/1 int16 mask with P(1) = 1 - t / 2^15, t = round(p 2^15), and its scale
-    1 / P(1). Each 64-bit draw of ``random_()`` (uniform on [0, 2^63)) gives four
-    15-bit uniform lanes, so the serial generator runs once per four elements; torch.rand
-    runs it once per element and the bool/float masks convert slowly (about 5x slower)."""
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_()
-    t = round(p * _LANE)
-    keep = words.view(torch.int16)[:n].view(shape).bitwise_and_(_LANE - 1).ge_(t)  # int16 0/1
-    return keep, _LANE / (_LANE - t)
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout. On CPU the mask comes from ``_cpu_keep_mask`` (p rounded to a
-    multiple of 2^-15, the scale exact for the rounded p, so E[y] = x); elsewhere
-    ``F.dropout``."""
-    if not training or p <= 0.0:
-        return x
-    if x.device.type != "cpu":
-        return F.dropout(x, p, True)
-    if round(p * _LANE) >= _LANE:
-        return x * 0.0
-    keep, scale = _cpu_keep_mask(x.shape, p, x.device)
-    if x.dtype == torch.float32:
-        return _MaskDropout.apply(x, keep.to(torch.float32).mul_(scale), 1.0)
-    # a bf16/fp16 mask would round the scale (a ~0.1% bias): keep 0/1 and scale in float
-    return _MaskDropout.apply(x, keep.to(x.dtype), scale)
-
-
 # On CPU, attention over at most this many keys runs as plain matmuls + softmax
 # (faster than the fused kernel for short sentences in float32; bf16 always, whose fused
 # CPU backward is slow). Measured in bench/ab_cpu_step.py attention.
@@ -138,29 +92,44 @@ def explicit_attention(q, k, v, mask, is_causal: bool, p: float, training: bool)
     softmax in at least float32. q: (B, H, Tq, D), k/v: (B, H, Tk, D), mask: (B, 1, 1, Tk)
     True = attend (or None). Returns the output (B, H, Tq, D) and the probabilities
     (B, H, Tq, Tk), the latter before dropout."""
-    scores = torch.matmul(q * (1.0 / math.sqrt(q.size(-1))), k.transpose(-1, -2))  # (B, H, Tq, Tk)
+    # (B, H, Tq, Tk)
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.size(-1))), k.transpose(-1, -2))
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     if is_causal:
         tq, tk = scores.shape[-2:]
-        future = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu_(tk - tq + 1)
+        future = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu_(
+            tk - tq + 1
+        )
         scores = scores.masked_fill(future, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    probs = torch.softmax(
+        scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)
+    )
     out = torch.matmul(dropout(probs.to(v.dtype), p, training), v)
     return out, probs
 
 
-def attention(q, k, v, mask, is_causal: bool, p: float, training: bool, need_weights: bool = False):
+def attention(
+    q, k, v, mask, is_causal: bool, p: float, training: bool, need_weights: bool = False
+):
     """Scaled dot-product attention (B, H, Tq, D) -> (B, H, Tq, D), and the head-averaged
     weights (B, Tq, Tk) when asked. On CPU the explicit form runs for every dtype but
     float32 (torch 2.13's fused bf16 CPU backward is ~4x slower than float32) and for
     float32 up to CPU_EXPLICIT_ATTENTION_MAX_KEYS keys; elsewhere the fused kernel."""
     cpu = q.device.type == "cpu"
-    if need_weights or (cpu and (q.dtype != torch.float32 or k.size(2) <= CPU_EXPLICIT_ATTENTION_MAX_KEYS)):
+    if need_weights or (
+        cpu
+        and (q.dtype != torch.float32 or k.size(2) <= CPU_EXPLICIT_ATTENTION_MAX_KEYS)
+    ):
         out, probs = explicit_attention(q, k, v, mask, is_causal, p, training)
         return out, (probs.mean(dim=1).to(q.dtype) if need_weights else None)
     p = p if training else 0.0
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal), None
+    return (
+        F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
+        ),
+        None,
+    )
 
 
 def fused_linear(x: torch.Tensor, *projs: nn.Linear):
@@ -174,14 +143,24 @@ def fused_linear(x: torch.Tensor, *projs: nn.Linear):
 def _fused_params(projs) -> Tuple[torch.Tensor, torch.Tensor]:
     """The projections' weights and biases concatenated. For a frozen model (inference,
     teachers: no parameter needs a gradient) they are concatenated once and kept on the
-    first projection, rebuilt only if a weight changes, rather than at every decoding step."""
+    first projection, rebuilt only if a weight changes, rather than at every decoding step.
+    """
     if projs[0].weight.requires_grad:
         return torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs])
-    key = tuple((id(p), p.weight.data_ptr(), p.weight._version, p.bias._version) for p in projs)
+    key = tuple(
+        (id(p), p.weight.data_ptr(), p.weight._version, p.bias._version) for p in projs
+    )
     kept = projs[0].__dict__.get("_fused_params")
     if kept is None or kept[0] != key:
-        with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable outside inference mode
-            kept = (key, torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs]))
+        with (
+            torch.inference_mode(False),
+            torch.no_grad(),
+        ):  # a normal tensor, usable outside inference mode
+            kept = (
+                key,
+                torch.cat([p.weight for p in projs]),
+                torch.cat([p.bias for p in projs]),
+            )
         projs[0].__dict__["_fused_params"] = kept
     return kept[1], kept[2]
 
@@ -191,21 +170,35 @@ def _group_rows(q: torch.Tensor, group: int) -> torch.Tensor:
     sentence's beams) become one row's queries, to attend to that sentence's keys once.
     Only for attention without a causal mask (cross-attention)."""
     bg, h, tq, d = q.shape
-    return q.view(bg // group, group, h, tq, d).transpose(1, 2).reshape(bg // group, h, group * tq, d)
+    return (
+        q.view(bg // group, group, h, tq, d)
+        .transpose(1, 2)
+        .reshape(bg // group, h, group * tq, d)
+    )
 
 
 def _ungroup_rows(x: torch.Tensor, group: int) -> torch.Tensor:
     """Inverse of ``_group_rows``: (B, H, G * Tq, D) -> (B * G, H, Tq, D)."""
     b, h, gt, d = x.shape
-    return x.view(b, h, group, gt // group, d).transpose(1, 2).reshape(b * group, h, gt // group, d)
+    return (
+        x.view(b, h, group, gt // group, d)
+        .transpose(1, 2)
+        .reshape(b * group, h, gt // group, d)
+    )
 
 
 class MultiheadAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         if embed_dim % num_heads:
-            raise NmtSdError(f"embed dim {embed_dim} not divisible by {num_heads} heads")
-        self.num_heads, self.head_dim, self.dropout = num_heads, embed_dim // num_heads, dropout
+            raise NmtSdError(
+                f"embed dim {embed_dim} not divisible by {num_heads} heads"
+            )
+        self.num_heads, self.head_dim, self.dropout = (
+            num_heads,
+            embed_dim // num_heads,
+            dropout,
+        )
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)
@@ -216,7 +209,9 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, H, T, D)
-        return x.view(x.size(0), x.size(1), self.num_heads, self.head_dim).transpose(1, 2)
+        return x.view(x.size(0), x.size(1), self.num_heads, self.head_dim).transpose(
+            1, 2
+        )
 
     def forward(
         self,
@@ -229,14 +224,19 @@ class MultiheadAttention(nn.Module):
         need_weights: bool = False,
     ):
         if key is query and not static_kv:  # self-attention: one (C -> 3C) matmul
-            q, k, v = (self._heads(t) for t in fused_linear(query, self.q_proj, self.k_proj, self.v_proj))
+            q, k, v = (
+                self._heads(t)
+                for t in fused_linear(query, self.q_proj, self.k_proj, self.v_proj)
+            )
         else:
             q = self._heads(self.q_proj(query))
         if cache is not None and static_kv and "k" in cache:
             k, v = cache["k"], cache["v"]
         else:
             if key is not query or static_kv:  # cross-attention: one (C -> 2C) matmul
-                k, v = (self._heads(t) for t in fused_linear(key, self.k_proj, self.v_proj))
+                k, v = (
+                    self._heads(t) for t in fused_linear(key, self.k_proj, self.v_proj)
+                )
             if cache is not None:
                 if not static_kv and "k" in cache:
                     k = torch.cat([cache["k"], k], dim=2)
@@ -251,11 +251,18 @@ class MultiheadAttention(nn.Module):
         group = q.size(0) // k.size(0)  # > 1: G query rows (beams) share one key row
         if group > 1:
             q = _group_rows(q, group)  # (B, H, G * Tq, D)
-        out, weights = attention(q, k, v, mask, is_causal, p, self.training, need_weights)
+        out, weights = attention(
+            q, k, v, mask, is_causal, p, self.training, need_weights
+        )
         if group > 1:
             out = _ungroup_rows(out, group)  # (B * G, H, Tq, D)
-            weights = None if weights is None else weights.reshape(out.size(0), -1, weights.size(-1))
-        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)  # (B, Tq, C)
+            weights = (
+                None
+                if weights is None
+                else weights.reshape(out.size(0), -1, weights.size(-1))
+            )
+        # (B, Tq, C)
+        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)
         return self.out_proj(out), weights
 
 
@@ -278,16 +285,23 @@ class TransformerEncoderLayer(nn.Module):
     def __init__(self, args):
         super().__init__()
         dim = args.encoder_embed_dim
-        self.self_attn = MultiheadAttention(dim, args.encoder_attention_heads, args.attention_dropout)
+        self.self_attn = MultiheadAttention(
+            dim, args.encoder_attention_heads, args.attention_dropout
+        )
         self.self_attn_layer_norm = nn.LayerNorm(dim)
         build_ffn(self, dim, args.encoder_ffn_embed_dim, args)
         self.final_layer_norm = nn.LayerNorm(dim)
-        self.dropout, self.normalize_before = args.dropout, args.encoder_normalize_before
+        self.dropout, self.normalize_before = (
+            args.dropout,
+            args.encoder_normalize_before,
+        )
 
     def forward(self, x, padding_mask, need_attn: bool = False):  # x: (B, S, C)
         residual = x
         h = self.self_attn_layer_norm(x) if self.normalize_before else x
-        h, attn = self.self_attn(h, h, key_padding_mask=padding_mask, need_weights=need_attn)
+        h, attn = self.self_attn(
+            h, h, key_padding_mask=padding_mask, need_weights=need_attn
+        )
         x = residual + dropout(h, self.dropout, self.training)
         if not self.normalize_before:
             x = self.self_attn_layer_norm(x)
@@ -310,7 +324,10 @@ class TransformerDecoderLayer(nn.Module):
         self.encoder_attn_layer_norm = nn.LayerNorm(dim)
         build_ffn(self, dim, args.decoder_ffn_embed_dim, args)
         self.final_layer_norm = nn.LayerNorm(dim)
-        self.dropout, self.normalize_before = args.dropout, args.decoder_normalize_before
+        self.dropout, self.normalize_before = (
+            args.dropout,
+            args.decoder_normalize_before,
+        )
 
     def _sublayer(self, x, norm, fn):
         residual = x
@@ -319,12 +336,18 @@ class TransformerDecoderLayer(nn.Module):
         x = residual + dropout(h, self.dropout, self.training)
         return (x if self.normalize_before else norm(x)), extra
 
-    def forward(self, x, enc: EncoderOut, cache=None, need_attn: bool = False):  # x: (B, T, C)
+    def forward(
+        self, x, enc: EncoderOut, cache=None, need_attn: bool = False
+    ):  # x: (B, T, C)
         x, self_attn = self._sublayer(
             x,
             self.self_attn_layer_norm,
             lambda h: self.self_attn(
-                h, h, causal=True, cache=None if cache is None else cache["self"], need_weights=need_attn
+                h,
+                h,
+                causal=True,
+                cache=None if cache is None else cache["self"],
+                need_weights=need_attn,
             ),
         )
         x, attn = self._sublayer(
@@ -350,7 +373,9 @@ def build_embedding(num: int, dim: int, padding_idx: int) -> nn.Embedding:
     return emb
 
 
-def init_embeddings(module: nn.Module, args, dictionary, embed_tokens: nn.Embedding, max_positions: int) -> int:
+def init_embeddings(
+    module: nn.Module, args, dictionary, embed_tokens: nn.Embedding, max_positions: int
+) -> int:
     """fairseq-named input embedding parts shared by encoder and decoder; returns the dim."""
     dim = embed_tokens.embedding_dim
     module.padding_idx = dictionary.pad()
@@ -374,11 +399,17 @@ def embed(module: nn.Module, tokens: torch.Tensor, start: int = 0) -> torch.Tens
 class TransformerEncoder(nn.Module):
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
         super().__init__()
-        dim = init_embeddings(self, args, dictionary, embed_tokens, args.max_source_positions)
-        self.layers = nn.ModuleList(TransformerEncoderLayer(args) for _ in range(args.encoder_layers))
+        dim = init_embeddings(
+            self, args, dictionary, embed_tokens, args.max_source_positions
+        )
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(args) for _ in range(args.encoder_layers)
+        )
         self.layer_norm = nn.LayerNorm(dim) if args.encoder_normalize_before else None
 
-    def forward(self, src_tokens, src_lengths=None, return_all_hiddens=False, need_attn=False):
+    def forward(
+        self, src_tokens, src_lengths=None, return_all_hiddens=False, need_attn=False
+    ):
         padding_mask = src_tokens.eq(self.padding_idx)  # (B, S)
         x = embed(self, src_tokens)  # (B, S, C)
         x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
@@ -403,8 +434,12 @@ class TransformerDecoder(nn.Module):
 
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
         super().__init__()
-        dim = init_embeddings(self, args, dictionary, embed_tokens, args.max_target_positions)
-        self.layers = nn.ModuleList(TransformerDecoderLayer(args) for _ in range(args.decoder_layers))
+        dim = init_embeddings(
+            self, args, dictionary, embed_tokens, args.max_target_positions
+        )
+        self.layers = nn.ModuleList(
+            TransformerDecoderLayer(args) for _ in range(args.decoder_layers)
+        )
         self.layer_norm = nn.LayerNorm(dim) if args.decoder_normalize_before else None
         self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
         if args.share_decoder_input_output_embed:
@@ -418,22 +453,33 @@ class TransformerDecoder(nn.Module):
     def embed(self, prev_output_tokens, start: int = 0):  # (B, T) -> (B, T, C)
         return embed(self, prev_output_tokens, start)
 
-    def extract_features(self, prev_output_tokens, enc: EncoderOut, cache=None, return_all_hiddens=False, need_attn=False):
+    def extract_features(
+        self,
+        prev_output_tokens,
+        enc: EncoderOut,
+        cache=None,
+        return_all_hiddens=False,
+        need_attn=False,
+    ):
         """Returns features (B, T, C) and extras. With ``cache``, only positions not yet
         cached are computed (one step during beam search)."""
         start = cache.seq_len if cache is not None else 0
         x = self.embed(prev_output_tokens[:, start:], start)
         states, self_attns, cross_attns = [x], [], []
         for i, layer in enumerate(self.layers):
-            x, attns = layer(x, enc, None if cache is None else cache.layers[i], need_attn=need_attn)
+            x, attns = layer(
+                x, enc, None if cache is None else cache.layers[i], need_attn=need_attn
+            )
             self_attns.append(attns["self_attn"])
             cross_attns.append(attns["attn"])
             if return_all_hiddens:
                 states.append(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        extra = {"attn": cross_attns[-1] if cross_attns else None,
-                 "inner_states": states if return_all_hiddens else None}
+        extra = {
+            "attn": cross_attns[-1] if cross_attns else None,
+            "inner_states": states if return_all_hiddens else None,
+        }
         if need_attn:
             extra.update(decoder_self_attns=self_attns, decoder_cross_attns=cross_attns)
         return x, extra
@@ -441,7 +487,9 @@ class TransformerDecoder(nn.Module):
     def output_layer(self, features):  # (B, T, C) -> (B, T, V)
         return self.output_projection(features)
 
-    def forward(self, prev_output_tokens, enc: EncoderOut, cache=None, features_only=False, **kw):
+    def forward(
+        self, prev_output_tokens, enc: EncoderOut, cache=None, features_only=False, **kw
+    ):
         x, extra = self.extract_features(prev_output_tokens, enc, cache, **kw)
         return (x if features_only else self.output_layer(x)), extra
 
@@ -456,32 +504,62 @@ class TransformerModel(nn.Module):
     def build_model(cls, args, src_dict, tgt_dict) -> "TransformerModel":
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
-                raise NmtSdError("--share-all-embeddings requires a joined dictionary (preprocess with --joined-dictionary)")
+                raise NmtSdError(
+                    "--share-all-embeddings requires a joined dictionary (preprocess with --joined-dictionary)"
+                )
             if args.encoder_embed_dim != args.decoder_embed_dim:
-                raise NmtSdError("--share-all-embeddings requires --encoder-embed-dim == --decoder-embed-dim")
-            enc_emb = build_embedding(len(src_dict), args.encoder_embed_dim, src_dict.pad())
+                raise NmtSdError(
+                    "--share-all-embeddings requires --encoder-embed-dim == --decoder-embed-dim"
+                )
+            enc_emb = build_embedding(
+                len(src_dict), args.encoder_embed_dim, src_dict.pad()
+            )
             dec_emb = enc_emb
             args.share_decoder_input_output_embed = True
         else:
-            enc_emb = build_embedding(len(src_dict), args.encoder_embed_dim, src_dict.pad())
-            dec_emb = build_embedding(len(tgt_dict), args.decoder_embed_dim, tgt_dict.pad())
+            enc_emb = build_embedding(
+                len(src_dict), args.encoder_embed_dim, src_dict.pad()
+            )
+            dec_emb = build_embedding(
+                len(tgt_dict), args.decoder_embed_dim, tgt_dict.pad()
+            )
         encoder = TransformerEncoder(args, src_dict, enc_emb)
         decoder = TransformerDecoder(args, tgt_dict, dec_emb)
         return cls(args, encoder, decoder)
 
-    def forward(self, src_tokens, src_lengths, prev_output_tokens, return_all_hiddens=False, need_attn=False, **kw):
+    def forward(
+        self,
+        src_tokens,
+        src_lengths,
+        prev_output_tokens,
+        return_all_hiddens=False,
+        need_attn=False,
+        **kw,
+    ):
         """Returns logits (B, T, V) and extras: ``encoder_out`` (EncoderOut, always),
         ``attn`` (last decoder layer's cross-attention, with ``need_attn``), and with
         ``return_all_hiddens`` the decoder's ``inner_states`` (embeddings + every layer)
         and ``encoder_states`` (every encoder layer); with ``need_attn`` also
         ``encoder_self_attns`` / ``decoder_self_attns`` / ``decoder_cross_attns`` per layer
         (head-averaged, (B, T, S))."""
-        enc = self.encoder(src_tokens, src_lengths, return_all_hiddens=return_all_hiddens, need_attn=need_attn)
+        enc = self.encoder(
+            src_tokens,
+            src_lengths,
+            return_all_hiddens=return_all_hiddens,
+            need_attn=need_attn,
+        )
         enc_extra = {}
-        if not isinstance(enc, EncoderOut):  # (EncoderOut, extras) when states/attn asked
+        if not isinstance(
+            enc, EncoderOut
+        ):  # (EncoderOut, extras) when states/attn asked
             enc, enc_extra = enc
-        out, extra = self.decoder(prev_output_tokens, enc, return_all_hiddens=return_all_hiddens,
-                                  need_attn=need_attn, **kw)
+        out, extra = self.decoder(
+            prev_output_tokens,
+            enc,
+            return_all_hiddens=return_all_hiddens,
+            need_attn=need_attn,
+            **kw,
+        )
         extra["encoder_out"] = enc
         if return_all_hiddens:
             extra["encoder_states"] = enc_extra.get("inner_states")
@@ -491,10 +569,16 @@ class TransformerModel(nn.Module):
 
     @staticmethod
     def reorder_encoder_out(enc: EncoderOut, new_order: torch.Tensor) -> EncoderOut:
-        return EncoderOut(enc.out.index_select(0, new_order), enc.padding_mask.index_select(0, new_order))
+        return EncoderOut(
+            enc.out.index_select(0, new_order),
+            enc.padding_mask.index_select(0, new_order),
+        )
 
     def max_decoder_positions(self) -> int:
         return self.decoder.embed_positions.max_positions
 
     def max_positions(self):
-        return (self.encoder.embed_positions.max_positions, self.decoder.embed_positions.max_positions)
+        return (
+            self.encoder.embed_positions.max_positions,
+            self.decoder.embed_positions.max_positions,
+        )

@@ -1,5 +1,6 @@
 """Checkpoint files: fairseq names, atomic writes, plain-typed contents
 (``torch.load(path, weights_only=True)`` works), clear errors on bad files."""
+
 import glob
 import logging
 import os
@@ -45,9 +46,13 @@ def load_checkpoint_file(path: str) -> Dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NmtSdError(f"cannot read checkpoint {path} (corrupt or not an nmt-sd checkpoint): {msg}")
+        raise NmtSdError(
+            f"cannot read checkpoint {path} (corrupt or not an nmt-sd checkpoint): {msg}"
+        )
     if not isinstance(state, dict) or "model" not in state or "args" not in state:
-        raise NmtSdError(f"{path} is not an nmt-sd checkpoint (no 'model'/'args' entries)")
+        raise NmtSdError(
+            f"{path} is not an nmt-sd checkpoint (no 'model'/'args' entries)"
+        )
     return state
 
 
@@ -75,14 +80,22 @@ def load_model_state(model: torch.nn.Module, state_dict: Dict, path: str) -> Non
 def epoch_checkpoints(save_dir: str) -> List[str]:
     """checkpoint{N}.pt files, newest epoch first."""
     paths = glob.glob(os.path.join(save_dir, "checkpoint*.pt"))
-    found = [(int(m.group(1)), p) for p in paths if (m := re.fullmatch(r"checkpoint(\d+)\.pt", os.path.basename(p)))]
+    found = [
+        (int(m.group(1)), p)
+        for p in paths
+        if (m := re.fullmatch(r"checkpoint(\d+)\.pt", os.path.basename(p)))
+    ]
     return [p for _, p in sorted(found, reverse=True)]
 
 
 def update_checkpoints(save_dir: str) -> List[str]:
     """checkpoint_{epoch}_{updates}.pt files, most updates first."""
     paths = glob.glob(os.path.join(save_dir, "checkpoint_*_*.pt"))
-    found = [(int(m.group(2)), p) for p in paths if (m := re.fullmatch(r"checkpoint_(\d+)_(\d+)\.pt", os.path.basename(p)))]
+    found = [
+        (int(m.group(2)), p)
+        for p in paths
+        if (m := re.fullmatch(r"checkpoint_(\d+)_(\d+)\.pt", os.path.basename(p)))
+    ]
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -99,11 +112,20 @@ def save_checkpoint(
     return their paths in fairseq's order: the epoch or update checkpoint, best, last.
 
     checkpoint_last.pt is written first: it is what a resumed run reads, so a run killed part-way
-    through saving (say, at the end of a session) loses nothing that was already saved."""
+    through saving (say, at the end of a session) loses nothing that was already saved.
+    """
     names = []
-    if end_of_epoch and not args.no_epoch_checkpoints and epoch % args.save_interval == 0:
+    if (
+        end_of_epoch
+        and not args.no_epoch_checkpoints
+        and epoch % args.save_interval == 0
+    ):
         names.append(f"checkpoint{epoch}.pt")
-    if not end_of_epoch and args.save_interval_updates > 0 and num_updates % args.save_interval_updates == 0:
+    if (
+        not end_of_epoch
+        and args.save_interval_updates > 0
+        and num_updates % args.save_interval_updates == 0
+    ):
         names.append(f"checkpoint_{epoch}_{num_updates}.pt")
     if is_best:
         names.append("checkpoint_best.pt")
@@ -140,3 +162,14 @@ def find_restore_file(args) -> Optional[str]:
     if args.restore_file != "checkpoint_last.pt":
         raise NmtSdError(f"--restore-file not found: {path}")
     return None
+
+
+def plain_args(args) -> dict:
+    """``vars(args)`` with plain types only, so checkpoints load with weights_only=True."""
+    out = {}
+    for k, v in vars(args).items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)):
+            out[k] = list(v)
+    return out

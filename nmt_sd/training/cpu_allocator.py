@@ -12,6 +12,7 @@ The cost is that the process keeps its peak heap (what a training run needs anyw
 Measured in docs/benchmarks.md: R-Drop's step -10% and Intra-Distillation's (K=3) -8.5%
 on one thread, the baseline's about the same.
 """
+
 import ctypes
 import ctypes.util
 import logging
@@ -53,6 +54,8 @@ def setup_cpu_allocator(mode: str, device_type: str) -> None:
     if mode != "retain" or device_type != "cpu":
         return
     if retain_freed_memory():
-        logger.info("cpu allocator: glibc keeps freed memory (no per-step page faults; --cpu-allocator system to undo)")
+        logger.info(
+            "cpu allocator: glibc keeps freed memory (no per-step page faults; --cpu-allocator system to undo)"
+        )
     else:
         logger.info("cpu allocator: not glibc, left as it is")

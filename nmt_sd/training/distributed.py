@@ -1,4 +1,5 @@
 """torch.distributed setup for ``torchrun`` (gloo on CPU, nccl on CUDA)."""
+
 import logging
 import os
 from typing import List
@@ -31,7 +32,9 @@ def init_from_env(use_cuda: bool) -> torch.device:
         device = torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        logger.info(f"distributed init: rank {rank()} of {world_size()} ({dist.get_backend()})")
+        logger.info(
+            f"distributed init: rank {rank()} of {world_size()} ({dist.get_backend()})"
+        )
     return device
 
 

@@ -1,6 +1,7 @@
 """The training loop: epochs of updates, validation every epoch / N updates,
 checkpoints, patience, ETA. All decisions are functions of (epoch, num_updates), so a
 run resumed from ``checkpoint_last.pt`` continues exactly where it stopped."""
+
 import itertools
 import logging
 import math
@@ -24,8 +25,12 @@ class RunState:
         self.train_wall = 0.0
 
     def to_dict(self, epoch_itr) -> Dict:
-        return {"best": self.best, "num_bad_validations": self.num_bad_validations,
-                "train_wall": self.train_wall, "train_iterator": epoch_itr.state_dict()}
+        return {
+            "best": self.best,
+            "num_bad_validations": self.num_bad_validations,
+            "train_wall": self.train_wall,
+            "train_iterator": epoch_itr.state_dict(),
+        }
 
     def load(self, d: Dict, epoch_itr) -> None:
         self.best = d.get("best")
@@ -62,7 +67,8 @@ def train_epoch(args, trainer, epoch_itr, valid_itr, progress, state: RunState) 
     interval, gnorms, epoch_logs = [], [], []
     t_interval = time.time()
     prefix = f"epoch {epoch:03d}"
-    trainer.criterion.on_epoch_begin(epoch, trainer.model)  # e.g. LSSD: which languages to distil
+    # e.g. LSSD: which languages to distil
+    trainer.criterion.on_epoch_begin(epoch, trainer.model)
     while True:
         samples = list(itertools.islice(itr, args.update_freq))
         if not samples:
@@ -77,14 +83,26 @@ def train_epoch(args, trainer, epoch_itr, valid_itr, progress, state: RunState) 
         step = math.ceil(epoch_itr.iterations_in_epoch / args.update_freq)
         if n % args.log_interval == 0:
             stats = interval_stats(trainer, interval, gnorms, time.time() - t_interval)
-            progress.update(prefix, stats, step, total, eta(args, state, trainer, epoch, step, total))
+            progress.update(
+                prefix,
+                stats,
+                step,
+                total,
+                eta(args, state, trainer, epoch, step, total),
+            )
             interval, gnorms, t_interval = [], [], time.time()
         end_of_epoch = epoch_itr.iterations_in_epoch >= n_batches
-        if not end_of_epoch and validate_and_save(args, trainer, epoch_itr, valid_itr, progress, state, False):
+        if not end_of_epoch and validate_and_save(
+            args, trainer, epoch_itr, valid_itr, progress, state, False
+        ):
             return True
     if epoch_logs:
         stats = summarize(trainer, epoch_logs)
-        stats.update(num_updates=trainer.num_updates, lr=trainer.get_lr(), train_wall=round(state.train_wall, 1))
+        stats.update(
+            num_updates=trainer.num_updates,
+            lr=trainer.get_lr(),
+            train_wall=round(state.train_wall, 1),
+        )
         progress.log("train", f"epoch {epoch:03d} | train", dict(epoch=epoch, **stats))
     return validate_and_save(args, trainer, epoch_itr, valid_itr, progress, state, True)
 
@@ -114,7 +132,9 @@ def interval_stats(trainer, logs, gnorms, elapsed: float) -> Dict:
     return stats
 
 
-def eta(args, state: RunState, trainer, epoch: int, step: int, total: int) -> Optional[float]:
+def eta(
+    args, state: RunState, trainer, epoch: int, step: int, total: int
+) -> Optional[float]:
     per_update = state.train_wall / max(trainer.num_updates, 1)
     remaining = []
     if args.max_update:
@@ -124,15 +144,24 @@ def eta(args, state: RunState, trainer, epoch: int, step: int, total: int) -> Op
     return min(remaining) * per_update if remaining else None
 
 
-def validate_and_save(args, trainer, epoch_itr, valid_itr, progress, state: RunState, end_of_epoch: bool) -> bool:
+def validate_and_save(
+    args, trainer, epoch_itr, valid_itr, progress, state: RunState, end_of_epoch: bool
+) -> bool:
     """Validate and checkpoint when due; returns True when training should stop."""
     n, epoch = trainer.num_updates, epoch_itr.epoch
     hit_max = bool(args.max_update) and n >= args.max_update
     stop_lr = args.stop_min_lr > 0 and trainer.get_lr() <= args.stop_min_lr
-    do_valid = not args.disable_validation and valid_itr is not None and (
-        (end_of_epoch and epoch % args.validate_interval == 0)
-        or (args.validate_interval_updates > 0 and n % args.validate_interval_updates == 0)
-        or hit_max
+    do_valid = (
+        not args.disable_validation
+        and valid_itr is not None
+        and (
+            (end_of_epoch and epoch % args.validate_interval == 0)
+            or (
+                args.validate_interval_updates > 0
+                and n % args.validate_interval_updates == 0
+            )
+            or hit_max
+        )
     )
     do_save = not args.no_save and (
         (end_of_epoch and epoch % args.save_interval == 0)
@@ -145,23 +174,43 @@ def validate_and_save(args, trainer, epoch_itr, valid_itr, progress, state: RunS
         if args.eval_bleu:
             stats.update(valid_bleu(args, trainer, valid_itr))
         # criterion hook (LSSD: per-language teachers), before the checkpoint that saves its state
-        stats.update(trainer.criterion.on_validation_end(epoch, per_pair, trainer.model, end_of_epoch))
-        metric = stats[args.best_checkpoint_metric] if args.best_checkpoint_metric in stats else stats["loss"]
+        stats.update(
+            trainer.criterion.on_validation_end(
+                epoch, per_pair, trainer.model, end_of_epoch
+            )
+        )
+        metric = (
+            stats[args.best_checkpoint_metric]
+            if args.best_checkpoint_metric in stats
+            else stats["loss"]
+        )
         is_best = is_better(args, metric, state.best)
         if is_best:
             state.best, state.num_bad_validations = metric, 0
         else:
             state.num_bad_validations += 1
-        stats.update(num_updates=n, **{f"best_{args.best_checkpoint_metric}": state.best})
-        progress.log("valid", f"epoch {epoch:03d} | valid on '{args.valid_subset}' subset", dict(epoch=epoch, **stats))
+        stats.update(
+            num_updates=n, **{f"best_{args.best_checkpoint_metric}": state.best}
+        )
+        progress.log(
+            "valid",
+            f"epoch {epoch:03d} | valid on '{args.valid_subset}' subset",
+            dict(epoch=epoch, **stats),
+        )
         if args.patience > 0 and state.num_bad_validations >= args.patience:
-            logger.info(f"early stop since valid performance hasn't improved for last {args.patience} runs")
+            logger.info(
+                f"early stop since valid performance hasn't improved for last {args.patience} runs"
+            )
             stop = True
     if do_save and dist_utils.is_master():
         t0 = time.time()
         ckpt = trainer.state_dict(state.to_dict(epoch_itr))
-        paths = save_checkpoint(ckpt, args.save_dir, epoch, n, end_of_epoch, is_best, args)
+        paths = save_checkpoint(
+            ckpt, args.save_dir, epoch, n, end_of_epoch, is_best, args
+        )
         if paths:
-            logger.info(f"saved checkpoint {paths[0]} (epoch {epoch} @ {n} updates) ({time.time() - t0:.1f}s)")
+            logger.info(
+                f"saved checkpoint {paths[0]} (epoch {epoch} @ {n} updates) ({time.time() - t0:.1f}s)"
+            )
     dist_utils.barrier()
     return stop

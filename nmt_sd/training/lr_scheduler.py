@@ -7,7 +7,9 @@ class InverseSqrtSchedule:
 
     def __init__(self, lr: float, warmup_updates: int, warmup_init_lr: float):
         self.lr, self.warmup = lr, max(warmup_updates, 0)
-        self.init_lr = warmup_init_lr if warmup_init_lr >= 0 else (0.0 if self.warmup > 0 else lr)
+        self.init_lr = (
+            warmup_init_lr if warmup_init_lr >= 0 else (0.0 if self.warmup > 0 else lr)
+        )
 
     def __call__(self, num_updates: int) -> float:
         if self.warmup > 0 and num_updates < self.warmup:

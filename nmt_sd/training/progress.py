@@ -1,5 +1,6 @@
 """Progress display (log lines fairseq users can read, an updating bar on a terminal,
 ETA) and the machine-readable JSON-lines metrics log."""
+
 import json
 import logging
 import os
@@ -30,10 +31,14 @@ class Progress:
 
     def __init__(self, args, enabled: bool = True):
         self.enabled = enabled
-        fmt = args.log_format or ("tqdm" if sys.stderr.isatty() and not args.no_progress_bar else "simple")
+        fmt = args.log_format or (
+            "tqdm" if sys.stderr.isatty() and not args.no_progress_bar else "simple"
+        )
         self.bar = fmt == "tqdm"
         self.fmt = fmt
-        self.metrics_path = args.metrics_log or os.path.join(args.save_dir, "metrics.jsonl")
+        self.metrics_path = args.metrics_log or os.path.join(
+            args.save_dir, "metrics.jsonl"
+        )
         self.start = time.time()
         self._bar_open = False
 
@@ -49,7 +54,9 @@ class Progress:
         body = " | ".join(f"{k} {format_value(k, v)}" for k, v in stats.items())
         return f"{prefix} | {body}"
 
-    def update(self, prefix: str, stats: Dict, step: int, total: int, eta: Optional[float]) -> None:
+    def update(
+        self, prefix: str, stats: Dict, step: int, total: int, eta: Optional[float]
+    ) -> None:
         """A train_inner log point: a bar refresh on a terminal, else a log line."""
         if not self.enabled:
             return
@@ -60,12 +67,18 @@ class Progress:
         eta_s = f" | eta {format_eta(eta)}" if eta is not None else ""
         if self.bar:
             keys = ("loss", "nll_loss", "ppl", "wps", "lr", "num_updates")
-            short = ", ".join(f"{k}={format_value(k, stats[k])}" for k in keys if k in stats)
-            sys.stderr.write(f"\r{prefix}: {pct:3.0f}% {step}/{total} [{short}{eta_s}]\033[K")
+            short = ", ".join(
+                f"{k}={format_value(k, stats[k])}" for k in keys if k in stats
+            )
+            sys.stderr.write(
+                f"\r{prefix}: {pct:3.0f}% {step}/{total} [{short}{eta_s}]\033[K"
+            )
             sys.stderr.flush()
             self._bar_open = True
         else:
-            logger.info(self._line(f"{prefix}: {pct:3.0f}% {step}/{total}{eta_s}", stats))
+            logger.info(
+                self._line(f"{prefix}: {pct:3.0f}% {step}/{total}{eta_s}", stats)
+            )
 
     def log(self, kind: str, prefix: str, stats: Dict) -> None:
         """Epoch summaries and validation results: always a log line."""

@@ -1,6 +1,7 @@
 """The Trainer owns the model, criterion, optimizer and update counter; it alone calls
 backward. Gradients are summed over the sub-batches of ``--update-freq`` and workers,
 then divided by the total ``sample_size`` (fairseq's normalisation)."""
+
 import contextlib
 import logging
 import math
@@ -9,11 +10,10 @@ from typing import Dict, List
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from nmt_sd.options import plain_args
-from nmt_sd.training import distributed as dist_utils
-from nmt_sd.training.checkpoint import CHECKPOINT_VERSION, load_model_state
-from nmt_sd.training.lr_scheduler import build_lr_schedule
 from nmt_sd.errors import NmtSdError
+from nmt_sd.training import distributed as dist_utils
+from nmt_sd.training.checkpoint import CHECKPOINT_VERSION, load_model_state, plain_args
+from nmt_sd.training.lr_scheduler import build_lr_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class Trainer:
         self.criterion_params = [p for p in self.params if id(p) not in model_ids]
         self.optimizer = self._build_optimizer()
         self.lr_schedule = build_lr_schedule(args)
-        self.amp_dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
+        self.amp_dtype = (
+            torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
+        )
         self.scaler = torch.amp.GradScaler("cuda") if args.fp16 else None
         self.num_updates = 0
         self._set_lr()
@@ -67,7 +69,12 @@ class Trainer:
     def _build_optimizer(self):
         # fairseq's Adam decays weights decoupled from the gradient (AdamW form)
         a = self.args
-        kw = dict(lr=a.lr, betas=tuple(a.adam_betas), eps=a.adam_eps, weight_decay=a.weight_decay)
+        kw = dict(
+            lr=a.lr,
+            betas=tuple(a.adam_betas),
+            eps=a.adam_eps,
+            weight_decay=a.weight_decay,
+        )
         try:
             return torch.optim.AdamW(self.params, fused=True, **kw)
         except (RuntimeError, TypeError):
@@ -97,15 +104,23 @@ class Trainer:
         for i, sample in enumerate(samples):
             sample = move_to(sample, self.device)
             last = i == len(samples) - 1
-            no_sync = self.wrapped.no_sync() if self.world > 1 and not last else contextlib.nullcontext()
+            no_sync = (
+                self.wrapped.no_sync()
+                if self.world > 1 and not last
+                else contextlib.nullcontext()
+            )
             with no_sync:
                 with self.autocast():
                     loss, ss, log = self.criterion(self.wrapped, sample)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             logs.append(log)
             sample_size += ss
-        if self.world > 1:  # DDP averaged the gradients: undo, then divide by the global size
-            sample_size = dist_utils.all_reduce_sums([float(sample_size)], self.device)[0]
+        if (
+            self.world > 1
+        ):  # DDP averaged the gradients: undo, then divide by the global size
+            sample_size = dist_utils.all_reduce_sums([float(sample_size)], self.device)[
+                0
+            ]
             dist_utils.average_gradients(self.criterion_params)
         grads = [p.grad for p in self.params if p.grad is not None]
         torch._foreach_mul_(grads, self.world / max(sample_size, 1.0))
@@ -149,18 +164,24 @@ class Trainer:
             "extra_state": extra_state,
         }
 
-    def load_state_dict(self, state: Dict, path: str, reset_optimizer: bool = False) -> Dict:
+    def load_state_dict(
+        self, state: Dict, path: str, reset_optimizer: bool = False
+    ) -> Dict:
         load_model_state(self.model, state["model"], path)
         if state.get("criterion"):
             try:
                 self.criterion.load_state_dict(state["criterion"])
             except RuntimeError as e:
-                raise NmtSdError(f"checkpoint {path}: criterion state does not match --criterion ({str(e).splitlines()[0]})")
+                raise NmtSdError(
+                    f"checkpoint {path}: criterion state does not match --criterion ({str(e).splitlines()[0]})"
+                )
         if not reset_optimizer and state.get("optimizer"):
             try:
                 self.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError) as e:
-                raise NmtSdError(f"checkpoint {path}: optimizer state does not match ({e}); use --reset-optimizer")
+                raise NmtSdError(
+                    f"checkpoint {path}: optimizer state does not match ({e}); use --reset-optimizer"
+                )
             if self.scaler and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
         self.num_updates = int(state.get("num_updates", 0))

@@ -1,4 +1,5 @@
 """Builders shared by the criterion tests."""
+
 import argparse
 
 import torch
@@ -15,14 +16,41 @@ class Task:
 
 def objective(criterion="label_smoothed_cross_entropy", terms="", **over):
     d = tiny_dict()
-    a = dict(criterion=criterion, terms=terms, label_smoothing=0.1, max_update=100,
-             rdrop_alpha=0.0, rdrop_ce="sum", rdrop_passes="concat",
-             intra_k=3, intra_alpha=0.0, intra_divergence="x", intra_adaptive=False,
-             intra_p=5.0, intra_q=10.0, intra_max_updates=None, intra_passes="sequential",
-             seer_alpha=0.5, seer_ce_weight=1.0, seer_layers=None, seer_dropout=None)
-    a.update(teacher_path=None, kd_alpha=0.5, kd_temperature=1.0, kd_hidden_weight=0.0, kd_attn_weight=0.0,
-             kd_layer_map="")  # kd term defaults
-    a = {**vars(tiny_args()), **a}  # model args too, for terms that build modules (seer)
+    a = dict(
+        criterion=criterion,
+        terms=terms,
+        label_smoothing=0.1,
+        max_update=100,
+        rdrop_alpha=0.0,
+        rdrop_ce="sum",
+        rdrop_passes="concat",
+        intra_k=3,
+        intra_alpha=0.0,
+        intra_divergence="x",
+        intra_adaptive=False,
+        intra_p=5.0,
+        intra_q=10.0,
+        intra_max_updates=None,
+        intra_passes="sequential",
+        seer_alpha=0.5,
+        seer_ce_weight=1.0,
+        seer_layers=None,
+        seer_dropout=None,
+    )
+    # kd term defaults
+    a.update(
+        teacher_path=None,
+        kd_alpha=0.5,
+        kd_temperature=1.0,
+        kd_hidden_weight=0.0,
+        kd_attn_weight=0.0,
+        kd_layer_map="",
+    )
+    # model args too, for terms that build modules (seer)
+    a = {
+        **vars(tiny_args()),
+        **a,
+    }
     a.update(over)
     return CRITERIONS.get(criterion)(argparse.Namespace(**a), Task(d)), d
 
@@ -50,4 +78,6 @@ def assert_eval_is_label_smoothed_ce(crit, model, sample):
     model.eval()
     base, _ = objective()
     base.eval()
-    assert crit(model, sample)[0].item() == pytest.approx(base(model, sample)[0].item(), rel=1e-6)
+    assert crit(model, sample)[0].item() == pytest.approx(
+        base(model, sample)[0].item(), rel=1e-6
+    )

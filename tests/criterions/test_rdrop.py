@@ -6,7 +6,12 @@ import torch
 from nmt_sd.criterions.functional import symmetric_kl
 from nmt_sd.criterions.objective import Objective
 from tests.conftest import ragged_batch
-from tests.criterions.helpers import assert_eval_is_label_smoothed_ce, loss_and_grads, model_and_batch, objective
+from tests.criterions.helpers import (
+    assert_eval_is_label_smoothed_ce,
+    loss_and_grads,
+    model_and_batch,
+    objective,
+)
 
 
 def test_symmetric_kl_hand_computation():
@@ -39,9 +44,15 @@ def test_alpha_zero_with_dropout_is_ce_of_the_doubled_batch():
     rdrop, _ = objective("rdrop", rdrop_alpha=0.0)
     base, _ = objective()
     l1, g1, _ = loss_and_grads(rdrop, model, b, seed=5)
-    doubled = {**b, "net_input": {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in b["net_input"].items()},
-               "target": b["target"].repeat(2, 1)}
-    l0, g0, _ = loss_and_grads(base, model, doubled, seed=5)  # same RNG -> same dropout masks
+    doubled = {
+        **b,
+        "net_input": {
+            k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in b["net_input"].items()
+        },
+        "target": b["target"].repeat(2, 1),
+    }
+    # same RNG -> same dropout masks
+    l0, g0, _ = loss_and_grads(base, model, doubled, seed=5)
     assert l1.item() == pytest.approx(l0.item(), rel=1e-5)
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], atol=1e-6, rtol=1e-4)
@@ -56,7 +67,9 @@ def test_kl_gradients_flow_through_both_passes_and_sample_unchanged():
     assert ss == b["ntokens"] and float(logs["rdrop_kl"]) > 0
     assert math.isfinite(loss.item())
     loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()
+    )
     assert all(torch.equal(before[k], b["net_input"][k]) for k in before)
     # validation (eval mode) is the single-pass LS-CE without the KL
     assert_eval_is_label_smoothed_ce(rdrop, model, b)
@@ -72,6 +85,11 @@ def test_sequential_passes_match_concat_in_expectation_free_case():
 def test_reduce_metrics_reports_kl_per_token():
     model, b = model_and_batch(dropout=0.3)
     rdrop, d = objective("rdrop", rdrop_alpha=1.0)
-    logs = [rdrop(model, ragged_batch(d, select=[0, 1]))[2], rdrop(model, ragged_batch(d, select=[2]))[2]]
+    logs = [
+        rdrop(model, ragged_batch(d, select=[0, 1]))[2],
+        rdrop(model, ragged_batch(d, select=[2]))[2],
+    ]
     out = Objective.reduce_metrics(logs)
-    assert out["rdrop_kl"] == pytest.approx(sum(float(l["rdrop_kl"]) for l in logs) / 12)
+    assert out["rdrop_kl"] == pytest.approx(
+        sum(float(l["rdrop_kl"]) for l in logs) / 12
+    )

@@ -18,10 +18,15 @@ def test_shapes_and_fairseq_names(prenorm):
     logits, extra = model(**b["net_input"])
     assert logits.shape == (3, 6, len(d))
     names = set(model.state_dict())
-    for n in ("encoder.embed_tokens.weight", "encoder.layers.0.self_attn.q_proj.weight",
-              "encoder.layers.0.fc1.weight", "encoder.layers.0.final_layer_norm.weight",
-              "decoder.layers.1.encoder_attn.k_proj.weight", "decoder.layers.1.encoder_attn_layer_norm.bias",
-              "decoder.output_projection.weight"):
+    for n in (
+        "encoder.embed_tokens.weight",
+        "encoder.layers.0.self_attn.q_proj.weight",
+        "encoder.layers.0.fc1.weight",
+        "encoder.layers.0.final_layer_norm.weight",
+        "decoder.layers.1.encoder_attn.k_proj.weight",
+        "decoder.layers.1.encoder_attn_layer_norm.bias",
+        "decoder.output_projection.weight",
+    ):
         assert n in names
     assert ("encoder.layer_norm.weight" in names) == prenorm
 
@@ -42,7 +47,10 @@ def test_incremental_equals_full_forward(prenorm):
         enc = model.encoder(net["src_tokens"], net["src_lengths"])
         cache = model.decoder.init_cache()
         prev = net["prev_output_tokens"]
-        steps = [model.decoder(prev[:, : t + 1], enc, cache=cache)[0] for t in range(prev.size(1))]
+        steps = [
+            model.decoder(prev[:, : t + 1], enc, cache=cache)[0]
+            for t in range(prev.size(1))
+        ]
     inc = torch.cat(steps, dim=1)
     mask = b["target"].ne(d.pad())
     torch.testing.assert_close(inc[mask], full[mask], atol=1e-5, rtol=1e-5)
@@ -59,7 +67,9 @@ def test_cache_reorder_matches_reordered_batch():
         prev = net["prev_output_tokens"][:, :2]
         model.decoder(prev[:, :1], enc, cache=cache)
         cache.reorder(order)
-        out_a, _ = model.decoder(prev[order], model.reorder_encoder_out(enc, order), cache=cache)
+        out_a, _ = model.decoder(
+            prev[order], model.reorder_encoder_out(enc, order), cache=cache
+        )
         full, _ = model.decoder(prev[order], model.reorder_encoder_out(enc, order))
     torch.testing.assert_close(out_a[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
 
@@ -72,8 +82,11 @@ def test_padding_invariance():
     with torch.no_grad():
         batched, _ = model(**net)
         for i, (ls, lt) in enumerate([(5, 4), (3, 6), (7, 2)]):
-            alone, _ = model(net["src_tokens"][i : i + 1, :ls], net["src_lengths"][i : i + 1],
-                             net["prev_output_tokens"][i : i + 1, :lt])
+            alone, _ = model(
+                net["src_tokens"][i : i + 1, :ls],
+                net["src_lengths"][i : i + 1],
+                net["prev_output_tokens"][i : i + 1, :lt],
+            )
             torch.testing.assert_close(batched[i, :lt], alone[0], atol=1e-5, rtol=1e-5)
 
 
@@ -105,13 +118,18 @@ def test_attention_weights_path_matches_sdpa():
     assert attn[1, :, 3:].abs().max() == 0  # sentence 1 has 3 source tokens
 
 
-@pytest.mark.parametrize("causal,padded,tq", [(False, False, 5), (True, False, 5), (False, True, 3), (True, True, 5)])
+@pytest.mark.parametrize(
+    "causal,padded,tq",
+    [(False, False, 5), (True, False, 5), (False, True, 3), (True, True, 5)],
+)
 def test_explicit_attention_equals_sdpa(causal, padded, tq):
     """The explicit CPU attention equals torch's fused kernel (float64, no dropout)."""
     from nmt_sd.models.transformer import explicit_attention
 
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, t, 4, generator=g, dtype=torch.float64) for t in (tq, 5, 5))
+    q, k, v = (
+        torch.randn(2, 3, t, 4, generator=g, dtype=torch.float64) for t in (tq, 5, 5)
+    )
     mask = None
     if padded:
         mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
@@ -120,14 +138,16 @@ def test_explicit_attention_equals_sdpa(causal, padded, tq):
     ref_mask = mask
     if causal and mask is not None:
         ref_mask = mask & torch.ones(tq, 5, dtype=torch.bool).tril(5 - tq)
-    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=ref_mask, is_causal=is_causal)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=ref_mask, is_causal=is_causal
+    )
     out, probs = explicit_attention(q, k, v, mask, causal, 0.0, False)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, tq, dtype=torch.float64))
 
 
 def test_dropout_rate_scale_and_gradient():
-    from nmt_sd.models.transformer import dropout
+    from nmt_sd.models.dropout import dropout
 
     torch.manual_seed(0)
     scale = 32768 / (32768 - 9830)  # p 0.3 rounded to 9830 / 2^15
@@ -136,9 +156,13 @@ def test_dropout_rate_scale_and_gradient():
         y = dropout(x, 0.3, True)
         kept = y.ne(0)
         assert abs(kept.float().mean().item() - 0.7) < 0.01
-        torch.testing.assert_close(y[kept].float(), torch.full_like(y[kept], scale).float())
+        torch.testing.assert_close(
+            y[kept].float(), torch.full_like(y[kept], scale).float()
+        )
         y.float().sum().backward()
-        torch.testing.assert_close(x.grad, ((y.detach() != 0).float() * scale).to(dtype))
+        torch.testing.assert_close(
+            x.grad, ((y.detach() != 0).float() * scale).to(dtype)
+        )
         assert dropout(x, 0.3, False) is x
 
 
@@ -146,10 +170,11 @@ def test_dropout_rate_scale_and_gradient():
 def test_cpu_dropout_mask_is_uniform_over_positions_and_unbiased(p):
     """Every lane of the 64-bit draws keeps at rate 1 - p, neighbours are independent, and
     E[dropout(x)] = x; p that rounds to 1 drops everything."""
-    from nmt_sd.models.transformer import _cpu_keep_mask, dropout
+    from nmt_sd.models.dropout import _cpu_keep_mask, dropout
 
     torch.manual_seed(1)
-    keep, scale = _cpu_keep_mask((4096, 64), p, "cpu")  # 262,144 = 65,536 draws x 4 lanes
+    # 262,144 = 65,536 draws x 4 lanes
+    keep, scale = _cpu_keep_mask((4096, 64), p, "cpu")
     assert keep.dtype == torch.int16 and set(keep.unique().tolist()) <= {0, 1}
     lanes = keep.view(-1, 4).double()
     sd = (p * (1 - p) / lanes.size(0)) ** 0.5
@@ -162,7 +187,9 @@ def test_cpu_dropout_mask_is_uniform_over_positions_and_unbiased(p):
     assert dropout(x, 0.99999, True).eq(0).all()
 
 
-def test_frozen_fused_projections_are_concatenated_once_and_follow_weight_changes(monkeypatch):
+def test_frozen_fused_projections_are_concatenated_once_and_follow_weight_changes(
+    monkeypatch,
+):
     """A frozen model (inference, teachers) keeps its fused q/k/v weights between calls;
     an in-place weight change (a teacher update) rebuilds them; a trainable model never
     keeps them."""
@@ -173,7 +200,9 @@ def test_frozen_fused_projections_are_concatenated_once_and_follow_weight_change
     x = torch.randn(2, 3, 8)
     cats = []
     real_cat = torch.cat
-    monkeypatch.setattr(tr.torch, "cat", lambda *a, **k: cats.append(1) or real_cat(*a, **k))
+    monkeypatch.setattr(
+        tr.torch, "cat", lambda *a, **k: cats.append(1) or real_cat(*a, **k)
+    )
     with torch.inference_mode():
         out1, _ = attn(x, x)
         out2, _ = attn(x, x)

@@ -19,6 +19,39 @@ from nmt_sd.ablation.stats import (
 from nmt_sd.cli.common import read_lines
 
 
+def seconds_per_update(runs: Dict[int, dict]) -> float:
+    """Mean training seconds per update over the runs that logged it (nan if none)."""
+    return mean_sd(
+        [
+            r["train"]["seconds_per_update"]
+            for r in runs.values()
+            if r["train"]["seconds_per_update"]
+        ]
+    )[0]
+
+
+def variant_row(name: str, runs: Dict[int, dict], test: str, base_spu: float) -> dict:
+    """A variant's row without its comparison with the baseline (delta, p, CI: nan)."""
+    bleu = mean_sd([r["scores"][test]["bleu"] for r in runs.values()])
+    chrf = mean_sd([r["scores"][test]["chrf"] for r in runs.values()])
+    spu, train = seconds_per_update(runs), [r["train"] for r in runs.values()]
+    ok = base_spu and spu and not math.isnan(base_spu)
+    return {
+        "variant": name,
+        "seeds": len(runs),
+        "bleu_mean": bleu[0],
+        "bleu_sd": bleu[1],
+        "chrf_mean": chrf[0],
+        "chrf_sd": chrf[1],
+        "train_minutes": mean_sd([t["train_seconds"] / 60 for t in train])[0],
+        "updates": max(t["updates"] for t in train),
+        "step_ratio": spu / base_spu if ok else math.nan,
+        "params": next((t["params"] for t in train if t["params"]), None),
+        **dict.fromkeys(("delta", "p", "ci_low", "ci_high"), math.nan),
+        "signature": next(iter(runs.values()))["scores"][test]["bleu_signature"],
+    }
+
+
 def summarise(
     grid: Grid, results: Dict[str, Dict[int, dict]], n_samples: int
 ) -> Dict[str, List[dict]]:
@@ -29,13 +62,7 @@ def summarise(
     """
     metric = bleu_metric()
     base = results.get(grid.baseline, {})
-    base_spu = mean_sd(
-        [
-            r["train"]["seconds_per_update"]
-            for r in base.values()
-            if r["train"]["seconds_per_update"]
-        ]
-    )[0]
+    base_spu = seconds_per_update(base)
     tables = {}
     for test in grid.tests:
         refs = read_lines(test.reference, f"test {test.name} reference")
@@ -44,10 +71,8 @@ def summarise(
         def stats(variant, seed):
             key = (variant, seed)
             if key not in stats_cache:
-                hyps = read_lines(
-                    results[variant][seed]["scores"][test.name]["hyp_file"],
-                    "hypotheses",
-                )
+                hyp_file = results[variant][seed]["scores"][test.name]["hyp_file"]
+                hyps = read_lines(hyp_file, "hypotheses")
                 stats_cache[key] = sentence_stats(metric, hyps, refs)
             return stats_cache[key]
 
@@ -56,61 +81,13 @@ def summarise(
             runs = results.get(v.name, {})
             if not runs:
                 continue
-            bleu = mean_sd([r["scores"][test.name]["bleu"] for r in runs.values()])
-            chrf = mean_sd([r["scores"][test.name]["chrf"] for r in runs.values()])
-            spu = mean_sd(
-                [
-                    r["train"]["seconds_per_update"]
-                    for r in runs.values()
-                    if r["train"]["seconds_per_update"]
-                ]
-            )[0]
-            row = {
-                "variant": v.name,
-                "seeds": len(runs),
-                "bleu_mean": bleu[0],
-                "bleu_sd": bleu[1],
-                "chrf_mean": chrf[0],
-                "chrf_sd": chrf[1],
-                "train_minutes": mean_sd(
-                    [r["train"]["train_seconds"] / 60 for r in runs.values()]
-                )[0],
-                "updates": max(r["train"]["updates"] for r in runs.values()),
-                "step_ratio": (
-                    spu / base_spu
-                    if base_spu and spu and not math.isnan(base_spu)
-                    else math.nan
-                ),
-                "params": next(
-                    (
-                        r["train"]["params"]
-                        for r in runs.values()
-                        if r["train"]["params"]
-                    ),
-                    None,
-                ),
-                "delta": math.nan,
-                "p": math.nan,
-                "ci_low": math.nan,
-                "ci_high": math.nan,
-                "signature": next(iter(runs.values()))["scores"][test.name][
-                    "bleu_signature"
-                ],
-            }
+            row = variant_row(v.name, runs, test.name, base_spu)
             seeds = paired_seeds(runs, base)
             if v.name != grid.baseline and seeds:
-                test_res = paired_bootstrap(
-                    metric,
-                    [stats(v.name, s) for s in seeds],
-                    [stats(grid.baseline, s) for s in seeds],
-                    n_samples,
-                )
-                row.update(
-                    delta=test_res["delta"],
-                    p=test_res["p"],
-                    ci_low=test_res["ci_low"],
-                    ci_high=test_res["ci_high"],
-                )
+                ours = [stats(v.name, s) for s in seeds]
+                theirs = [stats(grid.baseline, s) for s in seeds]
+                res = paired_bootstrap(metric, ours, theirs, n_samples)
+                row.update({k: res[k] for k in ("delta", "p", "ci_low", "ci_high")})
             elif v.name == grid.baseline:
                 row.update(delta=0.0)
             rows.append(row)

@@ -61,6 +61,35 @@ def add_file_log(path: str) -> None:
     logging.getLogger().addHandler(h)
 
 
+def batch_iterators(args, task, train_ds, model):
+    """(training iterator, validation iterator or None), sharded over the workers."""
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    shard = dict(num_shards=world, shard_id=rank, seed=args.seed)
+    multiple = args.required_batch_size_multiple
+    epoch_itr = task.get_batch_iterator(
+        train_ds,
+        args.max_tokens,
+        args.batch_size,
+        model.max_positions(),
+        shuffle=True,
+        required_batch_size_multiple=multiple,
+        **shard,
+    )
+    if args.disable_validation:
+        return epoch_itr, None
+    valid_itr = task.get_batch_iterator(
+        task.load_dataset(args.valid_subset),
+        args.max_tokens_valid or args.max_tokens,
+        args.batch_size_valid or args.batch_size,
+        model.max_positions(),
+        shuffle=False,
+        required_batch_size_multiple=multiple,
+        skip_invalid=args.skip_invalid_size_inputs_valid_test,
+        **shard,
+    )
+    return epoch_itr, valid_itr
+
+
 def main(argv=None) -> None:
     args = parse_training_args(argv)
     if args.log_file:
@@ -87,33 +116,7 @@ def main(argv=None) -> None:
     )
 
     trainer = Trainer(args, task, model, criterion, device)
-    rank, world = dist_utils.rank(), dist_utils.world_size()
-    epoch_itr = task.get_batch_iterator(
-        train_ds,
-        args.max_tokens,
-        args.batch_size,
-        model.max_positions(),
-        args.seed,
-        True,
-        world,
-        rank,
-        args.required_batch_size_multiple,
-    )
-    valid_itr = None
-    if not args.disable_validation:
-        valid_ds = task.load_dataset(args.valid_subset)
-        valid_itr = task.get_batch_iterator(
-            valid_ds,
-            args.max_tokens_valid or args.max_tokens,
-            args.batch_size_valid or args.batch_size,
-            model.max_positions(),
-            args.seed,
-            False,
-            world,
-            rank,
-            args.required_batch_size_multiple,
-            skip_invalid=args.skip_invalid_size_inputs_valid_test,
-        )
+    epoch_itr, valid_itr = batch_iterators(args, task, train_ds, model)
     state = RunState()
     restore = find_restore_file(args)
     if restore:

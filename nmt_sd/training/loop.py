@@ -144,6 +144,41 @@ def eta(
     return min(remaining) * per_update if remaining else None
 
 
+def due(args, n: int, epoch: int, end_of_epoch: bool, every: int, updates: int) -> bool:
+    """At an epoch end every ``every`` epochs, every ``updates`` updates, or at --max-update."""
+    hit_max = bool(args.max_update) and n >= args.max_update
+    at_update = updates > 0 and n % updates == 0
+    return (end_of_epoch and epoch % every == 0) or at_update or hit_max
+
+
+def validate(args, trainer, valid_itr, progress, state: RunState, epoch, end_of_epoch):
+    """Validate, update the best metric and log; returns (is_best, early stop)."""
+    stats, per_pair = valid_stats(trainer, valid_itr)
+    if args.eval_bleu:
+        stats.update(valid_bleu(args, trainer, valid_itr))
+    # criterion hook (LSSD: per-language teachers), before the checkpoint saving its state
+    model = trainer.model
+    stats.update(
+        trainer.criterion.on_validation_end(epoch, per_pair, model, end_of_epoch)
+    )
+    metric = stats.get(args.best_checkpoint_metric, stats["loss"])
+    is_best = is_better(args, metric, state.best)
+    if is_best:
+        state.best, state.num_bad_validations = metric, 0
+    else:
+        state.num_bad_validations += 1
+    best = {f"best_{args.best_checkpoint_metric}": state.best}
+    stats.update(num_updates=trainer.num_updates, **best)
+    header = f"epoch {epoch:03d} | valid on '{args.valid_subset}' subset"
+    progress.log("valid", header, dict(epoch=epoch, **stats))
+    stop = args.patience > 0 and state.num_bad_validations >= args.patience
+    if stop:
+        logger.info(
+            f"early stop since valid performance hasn't improved for last {args.patience} runs"
+        )
+    return is_best, stop
+
+
 def validate_and_save(
     args, trainer, epoch_itr, valid_itr, progress, state: RunState, end_of_epoch: bool
 ) -> bool:
@@ -151,57 +186,17 @@ def validate_and_save(
     n, epoch = trainer.num_updates, epoch_itr.epoch
     hit_max = bool(args.max_update) and n >= args.max_update
     stop_lr = args.stop_min_lr > 0 and trainer.get_lr() <= args.stop_min_lr
-    do_valid = (
-        not args.disable_validation
-        and valid_itr is not None
-        and (
-            (end_of_epoch and epoch % args.validate_interval == 0)
-            or (
-                args.validate_interval_updates > 0
-                and n % args.validate_interval_updates == 0
-            )
-            or hit_max
-        )
-    )
-    do_save = not args.no_save and (
-        (end_of_epoch and epoch % args.save_interval == 0)
-        or (args.save_interval_updates > 0 and n % args.save_interval_updates == 0)
-        or hit_max
-    )
+    every_valid = (args.validate_interval, args.validate_interval_updates)
+    do_valid = not args.disable_validation and valid_itr is not None
+    do_valid = do_valid and due(args, n, epoch, end_of_epoch, *every_valid)
+    every_save = (args.save_interval, args.save_interval_updates)
+    do_save = not args.no_save and due(args, n, epoch, end_of_epoch, *every_save)
     is_best, stop = False, hit_max or stop_lr
     if do_valid:
-        stats, per_pair = valid_stats(trainer, valid_itr)
-        if args.eval_bleu:
-            stats.update(valid_bleu(args, trainer, valid_itr))
-        # criterion hook (LSSD: per-language teachers), before the checkpoint that saves its state
-        stats.update(
-            trainer.criterion.on_validation_end(
-                epoch, per_pair, trainer.model, end_of_epoch
-            )
+        is_best, early = validate(
+            args, trainer, valid_itr, progress, state, epoch, end_of_epoch
         )
-        metric = (
-            stats[args.best_checkpoint_metric]
-            if args.best_checkpoint_metric in stats
-            else stats["loss"]
-        )
-        is_best = is_better(args, metric, state.best)
-        if is_best:
-            state.best, state.num_bad_validations = metric, 0
-        else:
-            state.num_bad_validations += 1
-        stats.update(
-            num_updates=n, **{f"best_{args.best_checkpoint_metric}": state.best}
-        )
-        progress.log(
-            "valid",
-            f"epoch {epoch:03d} | valid on '{args.valid_subset}' subset",
-            dict(epoch=epoch, **stats),
-        )
-        if args.patience > 0 and state.num_bad_validations >= args.patience:
-            logger.info(
-                f"early stop since valid performance hasn't improved for last {args.patience} runs"
-            )
-            stop = True
+        stop = stop or early
     if do_save and dist_utils.is_master():
         t0 = time.time()
         ckpt = trainer.state_dict(state.to_dict(epoch_itr))
@@ -210,7 +205,8 @@ def validate_and_save(
         )
         if paths:
             logger.info(
-                f"saved checkpoint {paths[0]} (epoch {epoch} @ {n} updates) ({time.time() - t0:.1f}s)"
+                f"saved checkpoint {paths[0]} (epoch {epoch} @ {n} updates) "
+                f"({time.time() - t0:.1f}s)"
             )
     dist_utils.barrier()
     return stop

@@ -16,6 +16,7 @@ from nmt_sd.generation.inference import (
     add_generation_args,
     decode_batch,
     decoder_start,
+    hypothesis_lines,
     setup_inference_device,
 )
 from nmt_sd.generation.load import (
@@ -40,7 +41,7 @@ def read_buffers(stream, size: int):
         yield buf
 
 
-def main(argv=None) -> None:
+def get_parser():
     p = ArgumentParser(prog="nmt-sd-interactive", description=__doc__)
     p.add_argument("data", help="directory holding dict.SRC.txt and dict.TGT.txt")
     p.add_argument(
@@ -50,57 +51,53 @@ def main(argv=None) -> None:
     p.add_argument("--sentencepiece-model", metavar="FILE")
     p.add_argument("--input", default="-", help="file to translate (default: stdin)")
     add_generation_args(p)
-    args = p.parse_args(argv)
-    spm = None
-    if args.sentencepiece_model:
-        import sentencepiece
+    return p
 
-        try:
-            spm = sentencepiece.SentencePieceProcessor(
-                model_file=args.sentencepiece_model
-            )
-        except (OSError, RuntimeError) as e:
-            raise NmtSdError(
-                f"cannot load --sentencepiece-model {args.sentencepiece_model}: {e}"
-            )
-        args.remove_bpe = args.remove_bpe or "sentencepiece"
+
+def load_spm(args):
+    """The --sentencepiece-model processor (which implies --remove-bpe sentencepiece)."""
+    if not args.sentencepiece_model:
+        return None
+    import sentencepiece
+
+    try:
+        spm = sentencepiece.SentencePieceProcessor(model_file=args.sentencepiece_model)
+    except (OSError, RuntimeError) as e:
+        raise NmtSdError(
+            f"cannot load --sentencepiece-model {args.sentencepiece_model}: {e}"
+        )
+    args.remove_bpe = args.remove_bpe or "sentencepiece"
+    return spm
+
+
+def main(argv=None) -> None:
+    args = get_parser().parse_args(argv)
+    spm = load_spm(args)
     device = setup_inference_device(args)
     model, task, _ = load_model_for_inference(
         args.path, args.data, args.source_lang, args.target_lang, device
     )
     half_precision_linears(model, args.bf16, args.fp16)
     ids = {**special_ids(task.tgt_dict), "bos": decoder_start(task)}
+    autocast = inference_autocast(device, args.bf16, args.fp16)
     stream = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
     if sys.stdin.isatty() and args.input == "-":
         print("Type the input sentence and press return:", file=sys.stderr)
-    start = 0
+    start, dicts = 0, (task.src_dict, task.tgt_dict)
     for lines in read_buffers(stream, args.buffer_size):
         pieces = [" ".join(spm.encode(x, out_type=str)) if spm else x for x in lines]
-        items = [
-            {"id": i, "source": encode_source(task, x), "target": None}
-            for i, x in enumerate(pieces)
-        ]
+        sources = [encode_source(task, x) for x in pieces]
+        items = [{"id": i, "source": x, "target": None} for i, x in enumerate(sources)]
         sample = collate(items, task.src_dict.pad(), task.src_dict.eos())
-        sample = {
-            "id": sample["id"],
-            "net_input": {k: v.to(device) for k, v in sample["net_input"].items()},
-        }
-        hyps = decode_batch(
-            model, sample, args, ids, inference_autocast(device, args.bf16, args.fp16)
-        )
+        net_input = {k: v.to(device) for k, v in sample["net_input"].items()}
+        sample = {"id": sample["id"], "net_input": net_input}
+        hyps = decode_batch(model, sample, args, ids, autocast)
         for i, line in enumerate(lines):
-            sid = start + i
-            print(f"S-{sid}\t{line}")
-            for h in hyps[i][: args.nbest]:
-                text = task.tgt_dict.string(
-                    h["tokens"], args.remove_bpe, unk_string="<unk>"
-                )
-                print(f"H-{sid}\t{h['score']:.6f}\t{text}")
-                print(f"D-{sid}\t{h['score']:.6f}\t{text}")
-                print(
-                    f"P-{sid}\t"
-                    + " ".join(f"{s:.4f}" for s in h["positional_scores"].tolist())
-                )
+            sid, nbest = start + i, hyps[i][: args.nbest]
+            block = hypothesis_lines(
+                sid, {"src": sources[i]}, nbest, *dicts, args, False
+            )
+            print("\n".join([f"S-{sid}\t{line}", *block[1:]]))  # S-: the raw line
             sys.stdout.flush()
         start += len(lines)
 

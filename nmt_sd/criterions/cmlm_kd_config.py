@@ -241,6 +241,14 @@ def _combination_checks(a, joint: int) -> list:
     ]
 
 
+def stage1_checkpoint(args):
+    """SAVE_DIR/checkpoint_stage1.pt, where the frozen teacher is kept (None: no saving)."""
+    save_dir = getattr(args, "save_dir", None)
+    if not save_dir or getattr(args, "no_save", False):
+        return None
+    return os.path.join(save_dir, STAGE1_CHECKPOINT)
+
+
 def check_config(args, task) -> argparse.Namespace:
     """Validate the ``--cmlm-kd-*`` flags (one-line NmtSdError naming the flag) and resolve
     their defaults."""
@@ -250,16 +258,9 @@ def check_config(args, task) -> argparse.Namespace:
             "--criterion cmlm_kd needs a '<mask>' symbol in the target dictionary (re-run nmt-sd-preprocess)"
         )
     joint, anneal_updates = schedule_lengths(a)
-    layers = (
-        a.cmlm_kd_decoder_layers
-        if a.cmlm_kd_decoder_layers is not None
-        else a.decoder_layers
-    )
-    groups = (
-        a.cmlm_kd_mask_groups
-        if a.cmlm_kd_mask_groups is not None
-        else (2 if a.cmlm_kd_gate == "none" else 1)
-    )
+    layers, groups = a.cmlm_kd_decoder_layers, a.cmlm_kd_mask_groups
+    layers = a.decoder_layers if layers is None else layers
+    groups = (2 if a.cmlm_kd_gate == "none" else 1) if groups is None else groups
     checks = _value_checks(a, joint, anneal_updates, layers, groups)
     checks += _combination_checks(a, joint)
     kd_on = a.cmlm_kd_weight > 0
@@ -280,12 +281,7 @@ def check_config(args, task) -> argparse.Namespace:
             "cmlm_kd: the live CMLM teacher starts KD untrained (--cmlm-kd-joint-updates 0 or "
             "--cmlm-kd-cmlm-weight 0)"
         )
-    save_dir = getattr(args, "save_dir", None)
-    stage1_path = (
-        os.path.join(save_dir, STAGE1_CHECKPOINT)
-        if save_dir and not getattr(args, "no_save", False)
-        else None
-    )
+    stage1_path = stage1_checkpoint(args)
     return argparse.Namespace(
         layers=layers,
         cmlm_weight=a.cmlm_kd_cmlm_weight,

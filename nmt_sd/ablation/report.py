@@ -263,27 +263,13 @@ def plot_deltas(grid: Grid, tables: Dict[str, List[dict]], path: str) -> bool:
     return True
 
 
-def write_report(
-    grid: Grid, results, out_dir: str, n_samples: int, command: str, title: str
-) -> str:
-    """Writes report.md, results_TEST.csv, runs.csv and the plots; returns report.md's path."""
-    os.makedirs(out_dir, exist_ok=True)
-    tables = summarise(grid, results, n_samples)
-    write_csv(
-        os.path.join(out_dir, "runs.csv"),
-        cell_rows(grid, results),
-        [
-            "variant",
-            "seed",
-            "test",
-            "bleu",
-            "chrf",
-            "updates",
-            "train_seconds",
-            "seconds_per_update",
-            "params",
-        ],
-    )
+RUN_FIELDS = (
+    "variant seed test bleu chrf updates train_seconds seconds_per_update params"
+)
+
+
+def report_header(grid: Grid, results, command: str, title: str) -> List[str]:
+    """The report's title, command, settings, variants and training cost."""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md = [
         f"# {title}\n",
@@ -298,10 +284,23 @@ def write_report(
         removed = f"; removes `{' '.join(v.remove)}`" if v.remove else ""
         md.append(f"- `{v.name}`: `{extra}`{removed}")
     runs = [r["train"] for by_seed in results.values() for r in by_seed.values()]
+    hours = sum(t["train_seconds"] for t in runs) / 3600
     md.append(
-        f"\nTraining: {sum(t['train_seconds'] for t in runs) / 3600:.2f} core-hours over {len(runs)} runs "
-        "(the sum of the runs' own training times; wall time also depends on `--jobs` and test decoding).\n"
+        f"\nTraining: {hours:.2f} core-hours over {len(runs)} runs (the sum of the runs' "
+        "own training times; wall time also depends on `--jobs` and test decoding).\n"
     )
+    return md
+
+
+def write_report(
+    grid: Grid, results, out_dir: str, n_samples: int, command: str, title: str
+) -> str:
+    """Writes report.md, results_TEST.csv, runs.csv and the plots; returns report.md's path."""
+    os.makedirs(out_dir, exist_ok=True)
+    tables = summarise(grid, results, n_samples)
+    runs_csv = os.path.join(out_dir, "runs.csv")
+    write_csv(runs_csv, cell_rows(grid, results), RUN_FIELDS.split())
+    md = report_header(grid, results, command, title)
     for test in grid.tests:
         rows = tables[test.name]
         write_csv(os.path.join(out_dir, f"results_{test.name}.csv"), rows, CSV_FIELDS)

@@ -249,29 +249,7 @@ class Objective(Criterion):
         scale = math.prod(t.ce_scale_for(sample) for t in terms)
         mean_ce = k > 1 and self.consistency.ce_reduction == "mean"
         if fused:  # CE of every pass and the consistency divergence in one sweep
-            # the weights the loss below puts on the CE sum and the divergence: with them
-            # the fused loss makes its gradient in the forward pass
-            weights = (
-                scale / k if mean_ce else scale,
-                self.consistency.divergence_weight(self.num_updates),
-            )
-            rows = torch.empty(
-                (k,) + sample["target"].shape,
-                dtype=torch.float32,
-                device=sample["target"].device,
-            )
-            ce_loss, nll, div = multi_pass_ce_from_logits(
-                pass_logits(passes),
-                sample["target"],
-                self.eps,
-                self.padding_idx,
-                self.consistency.divergence,
-                weights=weights,
-                nll_rows=rows.view(k, -1),
-            )
-            for p, r in zip(passes, rows):
-                p.gold_nll = r
-            nll = nll / k
+            ce_loss, nll, div = self._fused_ce(passes, sample, scale, mean_ce)
         else:
             ce_parts = [self.ce(p, sample["target"], need_lp) for p in passes]
             ce_loss = sum(c[0] for c in ce_parts)
@@ -295,6 +273,34 @@ class Objective(Criterion):
             logs.update(t_logs)
         logs["loss"] = loss.detach()
         return loss, ntokens, logs
+
+    def _fused_ce(self, passes, sample, scale, mean_ce):
+        """Every pass's CE and the divergence in one sweep; returns (ce_sum, nll, div).
+
+        The weights the loss puts on the CE sum and the divergence go in, so the fused
+        loss makes its gradient in the forward pass.
+        """
+        k = len(passes)
+        weights = (
+            scale / k if mean_ce else scale,
+            self.consistency.divergence_weight(self.num_updates),
+        )
+        target = sample["target"]  # (B, T)
+        rows = torch.empty(
+            (k,) + target.shape, dtype=torch.float32, device=target.device
+        )
+        ce_loss, nll, div = multi_pass_ce_from_logits(
+            pass_logits(passes),
+            target,
+            self.eps,
+            self.padding_idx,
+            self.consistency.divergence,
+            weights=weights,
+            nll_rows=rows.view(k, -1),
+        )
+        for p, r in zip(passes, rows):
+            p.gold_nll = r  # (B, T)
+        return ce_loss, nll / k, div
 
     @staticmethod
     def reduce_metrics(logs: List[Dict]) -> Dict[str, float]:

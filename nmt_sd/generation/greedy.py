@@ -61,14 +61,9 @@ def greedy_search(
             tokens = best_tokens[:, 0]  # (B',)
             # forced </s> even if the model gives it -inf (a forced row has no other finite token)
             tokens.masked_fill_(max_len[sent_ids].le(step), eos)
-            fin.tokens[sent_ids, 0, step] = tokens
-            fin.pos_scores[sent_ids, 0, step] = best_lprobs[:, 0]
-            if fin.attn is not None and attn is None:  # the decoder gives no attention
-                fin.attn = None
-            elif fin.attn is not None:
-                fin.attn[sent_ids, 0, step] = attn
-            done = tokens.eq(eos)  # (B',)
-            fin.lengths[sent_ids[done], 0] = step + 1
+            done = _record_step(
+                fin, sent_ids, step, tokens, best_lprobs[:, 0], attn, eos
+            )
             alive = (~done).nonzero().squeeze(1)  # (B'',)
             if alive.numel() == 0:
                 break
@@ -89,3 +84,17 @@ def _score_greedy(fin: Finished, lenpen: float) -> None:
     summed = fin.pos_scores[:, 0].masked_fill(~valid, 0.0).sum(dim=1)  # (B,)
     fin.scores[:, 0] = summed / lengths.to(summed.dtype) ** lenpen
     fin.count.fill_(1)
+
+
+def _record_step(fin, sent_ids, step, tokens, lprobs, attn, eos) -> Tensor:
+    """Write step ``step``'s tokens (B',), scores (B',) and attention into ``fin``;
+    returns the (B',) mask of rows that ended with </s>."""
+    fin.tokens[sent_ids, 0, step] = tokens
+    fin.pos_scores[sent_ids, 0, step] = lprobs
+    if fin.attn is not None and attn is None:  # the decoder gives no attention
+        fin.attn = None
+    elif fin.attn is not None:
+        fin.attn[sent_ids, 0, step] = attn
+    done = tokens.eq(eos)  # (B',)
+    fin.lengths[sent_ids[done], 0] = step + 1
+    return done

@@ -335,18 +335,14 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Batched beam search; each sentence gets what it would get decoded alone.
 
-    Args:
-        src_tokens: (B, S) long, right-padded with ``pad``. src_lengths: (B,) long.
-        beam, lenpen, nbest, min_len, unk_penalty: as fairseq's generate flags.
-        max_len_a, max_len_b: max output length a * src_len + b, per sentence.
-        return_attn: add ``attention`` (S_i, L) and ``alignment`` (L,) to each
-            hypothesis when the decoder returns cross-attention.
-        bos: the decoder's start symbol (default ``eos``, fairseq's convention; a
-            target-language tag under ``--decoder-langtok``).
-    Returns:
-        For each sentence in input order, up to ``nbest`` hypotheses sorted by score
-        (desc): {"tokens": (L,) long ending in </s>, "score": float,
-        "positional_scores": (L,) float}. Fewer only if hypotheses score -inf.
+    src_tokens (B, S) is right-padded with ``pad``, src_lengths (B,); beam, lenpen,
+    nbest, min_len, unk_penalty as fairseq's generate flags; max output length
+    max_len_a * src_len + max_len_b per sentence; ``bos`` is the decoder's start symbol
+    (default ``eos``, fairseq's convention; a target-language tag under
+    ``--decoder-langtok``). Returns, per sentence in input order, up to ``nbest``
+    hypotheses by score (desc): {"tokens": (L,) ending in </s>, "score": float,
+    "positional_scores": (L,)}, plus ``attention`` (S_i, L) and ``alignment`` (L,) when
+    ``return_attn`` and the decoder returns cross-attention. Fewer only if some score -inf.
     """
     check_search_args(beam, nbest, src_tokens, src_lengths)
     src_len = src_tokens.size(1)

@@ -9,6 +9,7 @@ import time
 
 from nmt_sd.cli.common import run_cli
 from nmt_sd.generation.inference import (
+    add_batching_args,
     add_generation_args,
     add_inter_threads_arg,
     decode_sample,
@@ -35,15 +36,7 @@ def get_parser():
     )
     p.add_argument("data", help="directory of binarized data (from nmt-sd-preprocess)")
     p.add_argument("--gen-subset", default="test", metavar="SPLIT")
-    p.add_argument("--max-tokens", type=int, default=None, metavar="N")
-    p.add_argument(
-        "--batch-size",
-        "--max-sentences",
-        type=int,
-        default=None,
-        metavar="N",
-        dest="batch_size",
-    )
+    add_batching_args(p)
     p.add_argument(
         "--results-path",
         metavar="DIR",

@@ -26,6 +26,7 @@ from nmt_sd.cli.common import run_cli
 from nmt_sd.criterions.kd_teacher import load_teacher
 from nmt_sd.errors import NmtSdError
 from nmt_sd.generation.inference import (
+    add_batching_args,
     add_generation_args,
     add_inter_threads_arg,
     setup_inference_device,
@@ -56,15 +57,7 @@ def get_parser():
         action="store_true",
         help="keep the n-best candidate with the highest sentence BLEU against the reference",
     )
-    p.add_argument("--max-tokens", type=int, default=None, metavar="N")
-    p.add_argument(
-        "--batch-size",
-        "--max-sentences",
-        type=int,
-        default=None,
-        metavar="N",
-        dest="batch_size",
-    )
+    add_batching_args(p)
     add_generation_args(p)
     add_inter_threads_arg(p)
     p.set_defaults(nbest=None)  # resolved in main: --beam with --seq-inter, else 1

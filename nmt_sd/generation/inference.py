@@ -43,6 +43,19 @@ def add_generation_args(p) -> None:
     g.add_argument("--num-threads", type=int, default=None, metavar="N")
 
 
+def add_batching_args(p) -> None:
+    """--max-tokens and --batch-size (alias --max-sentences) for the decoding commands."""
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N")
+    p.add_argument(
+        "--batch-size",
+        "--max-sentences",
+        type=int,
+        default=None,
+        metavar="N",
+        dest="batch_size",
+    )
+
+
 def add_inter_threads_arg(p) -> None:
     """For the tools that decode a whole split (nmt-sd-generate, nmt-sd-seqkd)."""
     p.add_argument(

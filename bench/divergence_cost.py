@@ -26,9 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nmt_sd.criterions.fused import (  # noqa: E402
     fused_label_smoothed_nll_loss,
     log_probs_and_probs,
-    sum_over_passes,
-    x_centre,
 )
+from nmt_sd.criterions.fused_xdiv import sum_over_passes, x_centre  # noqa: E402
 from nmt_sd.criterions.multi_pass import multi_pass_ce_from_logits  # noqa: E402
 from nmt_sd.training.cpu_allocator import setup_cpu_allocator  # noqa: E402
 

@@ -15,7 +15,7 @@ With K = 2 the X-divergence is exactly half of R-Drop's symmetric KL.
 import logging
 import math
 
-from nmt_sd.criterions.fused import x_divergence_from_logits
+from nmt_sd.criterions.fused_xdiv import x_divergence_from_logits
 from nmt_sd.criterions.objective import TERMS, Term, register_preset
 from nmt_sd.errors import NmtSdError
 

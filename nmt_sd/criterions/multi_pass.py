@@ -8,13 +8,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from nmt_sd.criterions.fused import (
-    log_probs_and_probs,
-    sum_over_passes,
-    x_centre,
-    xdiv_from_lprobs,
-    zero_rows,
-)
+from nmt_sd.criterions.fused import log_probs_and_probs, zero_rows
+from nmt_sd.criterions.fused_xdiv import sum_over_passes, x_centre, xdiv_from_lprobs
 
 
 def _float_chunk(

@@ -4,7 +4,7 @@
 # word-level KD; T > 1 is Hinton et al. 2015's soft targets, e.g. "$@" = --kd-temperature 2),
 # same 5,000 updates. Each step also runs the frozen teacher's forward (cost: docs/benchmarks.md).
 # Paper (WMT14 en-de / IWSLT15 th-en, LSTMs, different data and BLEU): see ../shared/docs/methods.md 6.2.
-# nmt-sd: see README results.
+# nmt-sd (2026-11-24, 5,000 updates, bf16): 40.24 sacreBLEU on test2016 (teacher 41.71, plain student 40.38; README results).
 #   bash recipes/multi30k/train_teacher.sh && bash recipes/multi30k/train_kd_word.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

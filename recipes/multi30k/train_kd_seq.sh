@@ -5,7 +5,8 @@
 # 5,000 updates). On CPU, SEQKD_PROCS processes decode at once (default: the cores available,
 # one thread each; the output does not depend on it; an interrupted run decodes only the rest). SEQ_INTER=1 keeps the beam candidate closest to the reference (sentence BLEU).
 # Paper: Seq-KD "seems to eliminate the need for beam search" (../shared/docs/methods.md 6.2).
-# nmt-sd: see README results.
+# nmt-sd (2026-11-24, 5,000 updates, bf16): 39.83 sacreBLEU on test2016 with beam 5, 39.47 greedy
+# (plain student 40.38 / teacher 41.71 with beam 5; README results).
 #   bash recipes/multi30k/train_teacher.sh && bash recipes/multi30k/train_kd_seq.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -14,7 +14,10 @@ setup(
         "sentencepiece",
         "sacrebleu>=2.0",
     ],
-    extras_require={"test": ["pytest", "matplotlib"], "plots": ["matplotlib"]},
+    extras_require={
+        "test": ["pytest", "matplotlib", "black==26.10.1", "ruff==0.17.6"],
+        "plots": ["matplotlib"],
+    },
     entry_points={
         "console_scripts": [
             "nmt-sd-preprocess = nmt_sd.cli.preprocess:cli_main",

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # LSSD, one-to-many en->{de,fr,cs}: the train_o2m.sh baseline plus --criterion lssd with the
 # official TED-8 one-to-many Whole setting (w 0.6, language-aware: each teacher restricted to
-# its target language's vocabulary), teachers keyed by target language.
-# Paper (TED-8-Diverse O2M, re-run by Huang et al. 2023): 22.75 -> 23.55 avg BLEU. nmt-sd: not yet run.
+# its target language's vocabulary), teachers keyed by target language. Adaptive (the official
+# Diverse O2M setting): "$@" = --lssd-weight 0.5 --lssd-gate adaptive --lssd-gate-level sentence.
+# Paper (TED-8-Diverse O2M, re-run by Huang et al. 2023): 22.75 -> 23.55 avg BLEU. nmt-sd (2026-11-24,
+# Whole, one seed): avg 28.38 vs the baseline's 28.60 (README results).
 #   bash recipes/multi30k_multi/prepare.sh && bash recipes/multi30k_multi/train_o2m_lssd.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

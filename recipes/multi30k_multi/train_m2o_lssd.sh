@@ -4,8 +4,8 @@
 # 1 epoch); Selective / Adaptive: "$@" = --lssd-gate selective --lssd-weight 1.0, or
 # --lssd-gate adaptive --lssd-gate-level sentence --lssd-weight 2.5. Teachers are the model at
 # each source language's best valid loss, kept as $SAVE/lssd_teacher{EPOCH}.pt.
-# Paper (TED-8-Diverse M2O, re-run by Huang et al. 2023): 29.00 -> 30.77 avg BLEU. nmt-sd (2026-11-24,
-# Whole, one seed): avg 32.26 vs the baseline's 32.77 (README results).
+# Paper (TED-8-Diverse M2O, re-run by Huang et al. 2023): 29.00 -> 30.77 avg BLEU. nmt-sd
+# (2026-11-24, one seed): avg 32.26 Whole, 32.37 Adaptive, vs the baseline's 32.77 (README results).
 #   bash recipes/multi30k_multi/prepare.sh && bash recipes/multi30k_multi/train_m2o_lssd.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

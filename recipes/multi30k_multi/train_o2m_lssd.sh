@@ -4,7 +4,7 @@
 # its target language's vocabulary), teachers keyed by target language. Adaptive (the official
 # Diverse O2M setting): "$@" = --lssd-weight 0.5 --lssd-gate adaptive --lssd-gate-level sentence.
 # Paper (TED-8-Diverse O2M, re-run by Huang et al. 2023): 22.75 -> 23.55 avg BLEU. nmt-sd (2026-11-24,
-# Whole, one seed): avg 28.38 vs the baseline's 28.60 (README results).
+# one seed): avg 28.38 Whole, 28.41 Adaptive, vs the baseline's 28.60 (README results).
 #   bash recipes/multi30k_multi/prepare.sh && bash recipes/multi30k_multi/train_o2m_lssd.sh
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
